@@ -1,0 +1,380 @@
+"""Online logistic regression: River learns one event at a time, numpy scores whole pages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from river import compose, linear_model, optim, preprocessing, utils
+
+__all__ = ["OnlineLogistic"]
+
+_STATE_KIND = "online_logistic"
+_STATE_VERSION = 1
+# river.utils.math.sigmoid returns exactly 0 or 1 beyond |z| > 30; the numpy path mirrors that,
+# and clipping first keeps np.exp from overflowing (an overflow warning is an error in tests).
+_SIGMOID_CLAMP = 30.0
+
+
+class OnlineLogistic:
+    """Logistic regression over a fixed, ordered set of features, learned online.
+
+    River is the learner: a ``StandardScaler | LogisticRegression`` pipeline trained with plain
+    SGD, one served feature vector at a time. Scoring a page of candidates through River's dict
+    API costs about 1 µs per row, so `predict_proba_many` scores a matrix with numpy from the
+    pipeline's *current* scaler statistics and weights instead, about 25 µs for 200 rows;
+    both paths agree to ~1e-15.
+
+    The intercept learns at the same rate as the weights (River's default is a fixed 0.01):
+    on a seeded stream with a 12% base rate, a wrong ``prior_intercept`` cost 0.36 log loss over
+    the first 2,000 events at 0.01 against 0.30 at ``lr``, and a good prior did as well at both.
+
+    Every row must carry all of `feature_names`; extra keys are ignored. Learning from a
+    non-finite value is refused, since one NaN would poison the scaler statistics for good.
+    Scoring rows with non-finite values is unspecified.
+
+    Parameters
+    ----------
+    feature_names
+        The features, in the column order `predict_proba_many` expects.
+    lr
+        SGD learning rate of the weights and of the intercept.
+    l2
+        L2 penalty pulling the weights (not the intercept) towards 0.
+    prior_intercept
+        Initial intercept, as a logit: ``log(p / (1 - p))`` of the expected base rate ``p``.
+
+    Examples
+    --------
+    >>> model = OnlineLogistic(["genre_affinity", "clicks_count_session"], lr=0.1)
+    >>> for i in range(200):
+    ...     affinity = (i % 10) / 10
+    ...     model.learn_one({"genre_affinity": affinity, "clicks_count_session": i % 3},
+    ...                     affinity > 0.5)
+    >>> scores = model.predict_proba_many(np.array([[0.9, 1.0], [0.1, 1.0]]))
+    >>> bool(scores[0] > scores[1])
+    True
+    >>> model.contributions({"genre_affinity": 0.9, "clicks_count_session": 1.0})[0][0]
+    'genre_affinity'
+
+    """
+
+    def __init__(
+        self,
+        feature_names: Sequence[str],
+        *,
+        lr: float = 0.05,
+        l2: float = 0.0,
+        prior_intercept: float = 0.0,
+    ) -> None:
+        names = tuple(feature_names)
+        if not names:
+            raise ValueError("feature_names must not be empty")
+        if not all(isinstance(name, str) for name in names):
+            raise TypeError("feature_names must all be str")
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature_names must be unique, got {names!r}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        if not (math.isfinite(l2) and l2 >= 0):
+            raise ValueError(f"l2 must be a non-negative finite number, got {l2!r}")
+        if not math.isfinite(prior_intercept):
+            raise ValueError(f"prior_intercept must be finite, got {prior_intercept!r}")
+
+        self.feature_names: tuple[str, ...] = names
+        self.lr = float(lr)
+        self.l2 = float(l2)
+        self.prior_intercept = float(prior_intercept)
+        self.n_learned = 0
+        self._scaler = preprocessing.StandardScaler()
+        self._classifier = linear_model.LogisticRegression(
+            optimizer=optim.SGD(self.lr),
+            l2=self.l2,
+            intercept_init=self.prior_intercept,
+            intercept_lr=self.lr,
+        )
+        # On learn_one the pipeline runs scaler.learn_one, scaler.transform_one, then
+        # classifier.learn_one: the gradient sees x scaled by stats that already include x.
+        self._pipeline = compose.Pipeline(self._scaler, self._classifier)
+        # (means, weights / stds, intercept), rebuilt lazily after each learn: a page is
+        # scored more often than the model learns, and the rebuild costs ~25 µs.
+        self._scoring: tuple[np.ndarray, np.ndarray, float] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"OnlineLogistic({len(self.feature_names)} features, lr={self.lr}, l2={self.l2}, "
+            f"n_learned={self.n_learned})"
+        )
+
+    # Scoring
+
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
+        """Probability of a positive label for one row, through River.
+
+        Parameters
+        ----------
+        x
+            Feature values by name; must hold every name in `feature_names`.
+
+        Returns
+        -------
+        float
+            The probability of ``True``.
+
+        """
+        proba = self._pipeline.predict_proba_one(self._row(x))
+        return float(proba[True])
+
+    def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities of a positive label for many rows, vectorized.
+
+        Mirrors River: ``(x - mean) / sqrt(var)`` per feature (0 where the variance is 0), a
+        dot product with the weights plus the intercept, and River's clamped sigmoid; only the
+        rounding order differs (agreement to ~1e-15).
+
+        Parameters
+        ----------
+        X
+            Array of shape ``(n, d)``, columns in `feature_names` order.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n,)`` float64 probabilities.
+
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise ValueError(
+                f"X must have shape (n, {len(self.feature_names)}), got {X.shape}; "
+                "columns in feature_names order"
+            )
+        means, scaled_weights, intercept = self._scoring_arrays()
+        # (x - mean) @ (w / std) is (x - mean) / std @ w with the division done once per
+        # learn instead of once per cell; centering first avoids cancellation on big means.
+        logits = (X - means) @ scaled_weights
+        logits += intercept
+        # In-place ufuncs: on a 200-row page each numpy call costs more than its arithmetic.
+        proba: np.ndarray = np.minimum(np.maximum(logits, -_SIGMOID_CLAMP), _SIGMOID_CLAMP)
+        np.negative(proba, out=proba)
+        np.exp(proba, out=proba)
+        proba += 1.0
+        np.reciprocal(proba, out=proba)
+        proba[logits < -_SIGMOID_CLAMP] = 0.0
+        proba[logits > _SIGMOID_CLAMP] = 1.0
+        return proba
+
+    def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
+        """Each feature's share of the logit, to explain a score.
+
+        A feature's contribution is its scaled value times its weight; the contributions plus
+        the intercept sum to the logit. Used as the "reasons" of a churn alert. Computed from
+        the same arrays as `predict_proba_many`, so reasons and page scores agree.
+
+        Parameters
+        ----------
+        x
+            Feature values by name; must hold every name in `feature_names`.
+
+        Returns
+        -------
+        list of (str, float)
+            ``(feature_name, contribution)`` for every feature, largest first (ties keep
+            `feature_names` order).
+
+        """
+        row = self._row(x)
+        means, scaled_weights, _ = self._scoring_arrays()
+        values = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        # + 0.0 turns the -0.0 of a zero-variance feature into 0.0 for display.
+        contributions = (values - means) * scaled_weights + 0.0
+        pairs = list(zip(self.feature_names, contributions.tolist(), strict=True))
+        pairs.sort(key=_contribution_value, reverse=True)
+        return pairs
+
+    # Learning
+
+    def learn_one(self, x: Mapping[str, float], y: bool) -> None:
+        """Learn from one served row and its label.
+
+        Call it with the feature vector that was scored when the item was shown, once the
+        click, the scroll-past or the timeout arrives.
+
+        Parameters
+        ----------
+        x
+            Feature values by name; must hold every name in `feature_names`, all finite.
+        y
+            Whether the outcome was positive.
+
+        """
+        row = self._row(x)
+        if not all(map(math.isfinite, row.values())):
+            bad = sorted(name for name, value in row.items() if not math.isfinite(value))
+            raise ValueError(f"refusing to learn from non-finite features: {bad}")
+        # River's learn_one returns None and updates in place: never reassign the model.
+        self._pipeline.learn_one(row, bool(y))
+        self.n_learned += 1
+        self._scoring = None
+
+    def learn_vector(self, x: np.ndarray | Sequence[float], y: bool) -> None:
+        """Learn from one row given as values in `feature_names` order.
+
+        Parameters
+        ----------
+        x
+            ``len(feature_names)`` values.
+        y
+            Whether the outcome was positive.
+
+        """
+        vector = np.asarray(x, dtype=np.float64)
+        if vector.shape != (len(self.feature_names),):
+            raise ValueError(
+                f"x must hold {len(self.feature_names)} values in feature_names order, "
+                f"got shape {vector.shape}"
+            )
+        self.learn_one(dict(zip(self.feature_names, vector.tolist(), strict=True)), y)
+
+    # State
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume the model, as JSON-safe plain data.
+
+        Returns
+        -------
+        dict
+            Configuration, scaler counts/means/variances, weights, intercept, the optimizer's
+            step count and `n_learned`; per-feature lists follow `feature_names` order.
+
+        """
+        names = self.feature_names
+        weights = self._classifier.weights
+        return {
+            "kind": _STATE_KIND,
+            "state_version": _STATE_VERSION,
+            "feature_names": list(names),
+            "lr": self.lr,
+            "l2": self.l2,
+            "prior_intercept": self.prior_intercept,
+            "n_learned": self.n_learned,
+            "scaler": {
+                "counts": [int(self._scaler.counts.get(name, 0)) for name in names],
+                "means": [float(self._scaler.means.get(name, 0.0)) for name in names],
+                "vars": [float(self._scaler.vars.get(name, 0.0)) for name in names],
+            },
+            "weights": [float(weights.get(name, 0.0)) for name in names],
+            "intercept": float(self._classifier.intercept),
+            "optimizer_steps": int(self._classifier.optimizer.n_iterations),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> OnlineLogistic:
+        """Rebuild a model from `to_state` output; it predicts and learns on identically.
+
+        Parameters
+        ----------
+        state
+            A dict produced by `to_state`.
+
+        Returns
+        -------
+        OnlineLogistic
+
+        Raises
+        ------
+        ValueError
+            If the state is not an `OnlineLogistic` state this version understands.
+
+        Examples
+        --------
+        >>> model = OnlineLogistic(["a", "b"])
+        >>> model.learn_vector([1.0, 2.0], True)
+        >>> model.learn_vector([3.0, 1.0], False)
+        >>> clone = OnlineLogistic.from_state(model.to_state())
+        >>> clone.predict_proba_one({"a": 2.0, "b": 2.0}) == model.predict_proba_one(
+        ...     {"a": 2.0, "b": 2.0})
+        True
+
+        """
+        if state.get("kind") != _STATE_KIND:
+            raise ValueError(f"not an {_STATE_KIND} state: kind={state.get('kind')!r}")
+        if state.get("state_version") != _STATE_VERSION:
+            raise ValueError(
+                f"unsupported {_STATE_KIND} state_version {state.get('state_version')!r}; "
+                f"this code reads version {_STATE_VERSION}"
+            )
+        try:
+            model = cls(
+                state["feature_names"],
+                lr=float(state["lr"]),
+                l2=float(state["l2"]),
+                prior_intercept=float(state["prior_intercept"]),
+            )
+            names = model.feature_names
+            scaler_state = state["scaler"]
+            counts = [int(count) for count in scaler_state["counts"]]
+            means = [float(mean) for mean in scaler_state["means"]]
+            variances = [float(var) for var in scaler_state["vars"]]
+            weights = [float(weight) for weight in state["weights"]]
+            intercept = float(state["intercept"])
+            optimizer_steps = int(state["optimizer_steps"])
+            n_learned = int(state["n_learned"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed {_STATE_KIND} state: {exc!r}") from exc
+        for label, values in (
+            ("counts", counts),
+            ("means", means),
+            ("vars", variances),
+            ("weights", weights),
+        ):
+            if len(values) != len(names):
+                raise ValueError(f"{label} has {len(values)} entries for {len(names)} features")
+
+        for name, count, mean, var in zip(names, counts, means, variances, strict=True):
+            # Unseen features stay absent, as in a model that never learned them.
+            if count:
+                model._scaler.counts[name] = count
+                model._scaler.means[name] = mean
+                model._scaler.vars[name] = var
+        if n_learned:
+            # Insertion order follows feature_names, like the weights River creates from our
+            # ordered rows, so sums run in the same order and restored scores match exactly.
+            model._classifier._weights = utils.VectorDict(dict(zip(names, weights, strict=True)))
+        model._classifier.intercept = intercept
+        model._classifier.optimizer.n_iterations = optimizer_steps
+        model.n_learned = n_learned
+        return model
+
+    # Helpers
+
+    def _row(self, x: Mapping[str, float]) -> dict[str, float]:
+        """The row as floats in `feature_names` order (River sums in the row's order)."""
+        try:
+            return {name: float(x[name]) for name in self.feature_names}
+        except KeyError as exc:
+            missing = [name for name in self.feature_names if name not in x]
+            raise KeyError(f"row lacks features {missing}") from exc
+
+    def _scoring_arrays(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Scaler means, weights over stds and intercept, cached until the next learn."""
+        if self._scoring is None:
+            names = self.feature_names
+            means = np.array([self._scaler.means.get(name, 0.0) for name in names])
+            variances = np.array([self._scaler.vars.get(name, 0.0) for name in names])
+            weights = self._classifier.weights
+            weight_array = np.array([weights.get(name, 0.0) for name in names])
+            # River scales a zero-variance feature to 0; a zero weight does the same without a
+            # per-call mask, and a unit std keeps the division finite.
+            has_variance = variances != 0.0
+            stds = np.where(has_variance, np.sqrt(variances), 1.0)
+            scaled_weights = np.where(has_variance, weight_array / stds, 0.0)
+            self._scoring = (means, scaled_weights, float(self._classifier.intercept))
+        return self._scoring
+
+
+def _contribution_value(pair: tuple[str, float]) -> float:
+    """Sort key of a ``(name, contribution)`` pair."""
+    return pair[1]

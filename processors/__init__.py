@@ -1,0 +1,1 @@
+"""Pure logic, no Kafka: validation, dedup, sessions, features, candidates, pages, experiments."""

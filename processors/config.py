@@ -1,0 +1,78 @@
+"""Engine settings: every knob of the pure engine in one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EngineConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Tunables of the deterministic engine; the stream layer builds one from the environment.
+
+    Times are event-time milliseconds. Every per-user collection has a bound here, because a
+    streaming worker that holds one unbounded list per user eventually runs out of memory.
+    """
+
+    #: A session ends after this much inactivity (event time).
+    session_gap_ms: int = 30 * 60_000
+    #: Events up to this far behind a user's latest event are applied; older ones are dead-lettered.
+    late_grace_ms: int = 5 * 60_000
+    #: Events this far ahead of the wall clock (``now``) are dead-lettered as clock errors.
+    max_future_skew_ms: int = 24 * 3_600_000
+    #: Event ids remembered per user to drop redeliveries.
+    dedup_window: int = 64
+    #: Items of the session remembered for session-kNN and "Because you watched".
+    last_items: int = 20
+    #: Genre affinity half-life inside a session.
+    genre_half_life_ms: int = 10 * 60_000
+    #: Genres tracked per user.
+    max_genres: int = 16
+    #: Paused, unfinished titles kept for "Continue watching" (survive across sessions).
+    continue_watching: int = 10
+    #: Shown-but-unanswered impressions kept per user waiting for a click or a scroll-past.
+    pending_impressions: int = 24
+    #: An impression with no click after this long is learned as a negative.
+    impression_timeout_ms: int = 60_000
+    #: Rows per page and items per row.
+    page_rows: int = 6
+    row_size: int = 10
+    #: Session-kNN: neighbours, recent sessions sampled, sessions held.
+    knn_k: int = 500
+    knn_sample_size: int = 5000
+    knn_max_sessions: int = 100_000
+    #: Trending popularity half-life (event time).
+    trending_half_life_ms: int = 3_600_000
+    #: Candidates asked from each source before ranking.
+    knn_candidates: int = 60
+    trending_candidates: int = 40
+    genre_candidates: int = 20
+    #: Ranker scores are blended with a heuristic prior until the ranker has seen this many labels.
+    ranker_warmup_labels: int = 200
+    #: Alert when churn risk reaches the threshold; re-arm once it falls below ``churn_rearm``.
+    churn_threshold: float = 0.7
+    churn_rearm: float = 0.5
+    #: No churn alerts until the churn model has learned from this many ended sessions.
+    churn_min_sessions: int = 30
+    #: Churn feature snapshots kept per session for learning when the session ends.
+    churn_snapshots: int = 4
+    #: Event types that trigger a new page. Impressions are left out by default: they are what a
+    #: page produces, and re-paging on each would make the page chase its own exposure log.
+    page_trigger_types: frozenset[str] = frozenset(
+        {
+            "session_start",
+            "hover",
+            "click",
+            "scroll_past",
+            "play",
+            "pause",
+            "completion",
+            "drop_off",
+        }
+    )
+    #: Experiment name and arms with traffic shares (normalised; see processors.experiments).
+    experiment_name: str = "page-personalization"
+    arms: tuple[tuple[str, float], ...] = (("personalized", 0.9), ("holdout", 0.1))
+    #: Seed for every random draw (artwork sampling); replays with the same seed are identical.
+    seed: int = 7

@@ -1,0 +1,428 @@
+"""The engine: one deterministic entry point that turns an event into outputs.
+
+The Faust agent, the offline replay, the evaluator and the benchmarks all call
+``Engine.process`` (or ``process_raw``), so a replay reproduces what production did. Nothing
+here reads a clock: ``now`` is passed in (wall-clock ms live, event time in replays).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.catalog import Catalog
+from processors.config import EngineConfig
+from processors.experiments import ArmAssigner
+from processors.features import SESSION_FEATURE_NAMES, session_features
+from processors.ids import stable_id
+from processors.page_builder import PageBuilder, ServedPage, session_key
+from processors.ports import ArtworkChooser, BinaryLearner, NextItemIndex, Popularity
+from processors.session_window import SEQUENCE_TYPES, update_window
+from processors.user_state import PendingImpression, UserState
+from schemas.codec import DecodeError, decode_catalog_item, decode_event
+from schemas.messages import BehaviourEvent, CatalogItem, ChurnAlert, DeadLetter, Page
+
+__all__ = ["Effects", "Engine", "EngineModels", "SourcePosition"]
+
+#: How much each outcome adds to an item's trending score.
+_TRENDING_WEIGHTS = {"click": 1.0, "play": 2.0, "completion": 1.0}
+_POSITIVE_TYPES = frozenset({"click", "play"})
+_RECENT_PAGES = 8
+_EARLIEST_TS = 946_684_800_000  # 2000-01-01: older timestamps are clock or unit errors
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a raw message came from, carried into dead letters."""
+
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(slots=True)
+class EngineModels:
+    """The learners and indexes one engine owns (see ``online_models.factory.build_models``)."""
+
+    knn: NextItemIndex
+    trending: Popularity
+    ranker: BinaryLearner
+    churn: BinaryLearner
+    bandit: ArtworkChooser
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one input caused: outputs to send and the state to persist."""
+
+    state: UserState | None = None
+    event: BehaviourEvent | None = None
+    page: Page | None = None
+    alert: ChurnAlert | None = None
+    dead_letter: DeadLetter | None = None
+    duplicate: bool = False
+    #: Variant of the page the event refers to (via recommendation_id), when known.
+    attributed_variant: str | None = None
+    labels: list[tuple[str, bool]] = field(default_factory=list)
+
+
+class Engine:
+    """Sessions, features, candidates, ranking, churn and labels for a stream of events.
+
+    Per-user state is passed in and out (the caller decides where it lives: a dict offline,
+    an in-memory cache checkpointed to Redis in the worker); the models are owned here.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        models: EngineModels,
+        catalog: Catalog | None = None,
+        *,
+        served_cache_pages: int = 20_000,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.catalog = catalog if catalog is not None else Catalog()
+        self.arms = ArmAssigner(config.experiment_name, config.arms)
+        self.pages = PageBuilder(
+            config, self.catalog, models.knn, models.trending, models.ranker, models.bandit
+        )
+        self.counters: Counter[str] = Counter()
+        #: Serve-time features of recent pages, so labels learn from what was served. In memory
+        #: only: after a restart, labels fall back to features recomputed at impression time.
+        self._served: OrderedDict[str, ServedPage] = OrderedDict()
+        self._served_limit = served_cache_pages
+        self.watermark = 0
+
+    # -- entry points ------------------------------------------------------------------
+
+    def process_raw(
+        self,
+        raw: bytes,
+        states: MutableMapping[str, UserState],
+        *,
+        now: int,
+        source: SourcePosition = SourcePosition(),
+        content_type: str | None = None,
+    ) -> Effects:
+        """Decode and process one message; the state dict is updated in place."""
+        decoded = self.decode(raw, now=now, source=source, content_type=content_type)
+        if isinstance(decoded, DeadLetter):
+            return Effects(dead_letter=decoded)
+        effects = self.process(
+            decoded, states.get(decoded.user_id), now=now, raw=raw, source=source
+        )
+        if effects.state is not None:
+            states[decoded.user_id] = effects.state
+        return effects
+
+    def decode(
+        self,
+        raw: bytes,
+        *,
+        now: int,
+        source: SourcePosition = SourcePosition(),
+        content_type: str | None = None,
+    ) -> BehaviourEvent | DeadLetter:
+        """Decode one event, or return the dead letter that says why it cannot be used."""
+        try:
+            return decode_event(raw, content_type=content_type)
+        except DecodeError as error:
+            return self._dead_letter(raw, str(error), now, source, "decode")
+
+    def process(
+        self,
+        event: BehaviourEvent,
+        state: UserState | None,
+        *,
+        now: int,
+        raw: bytes = b"",
+        source: SourcePosition = SourcePosition(),
+    ) -> Effects:
+        """Apply one decoded event to the user's state and produce the outputs it causes."""
+        config = self.config
+        self.counters["events_in"] += 1
+        reason = self._reject_reason(event, state, now)
+        if reason is not None:
+            kind = reason.split(":", 1)[0]
+            return Effects(
+                state=state, dead_letter=self._dead_letter(raw, reason, now, source, kind)
+            )
+        if state is None:
+            state = UserState(event.user_id, dedup_window=config.dedup_window)
+            state.variant = self.arms.arm_of(event.user_id)
+        if event.event_id in state.recent_event_ids:
+            self.counters["duplicates"] += 1
+            return Effects(state=state, event=event, duplicate=True)
+        state.recent_event_ids.append(event.event_id)
+        if event.ts > self.watermark:
+            self.watermark = event.ts
+
+        self._roll_session(state, event)
+        effects = Effects(state=state, event=event)
+        if event.recommendation_id:
+            effects.attributed_variant = state.recent_pages.get(event.recommendation_id)
+        item = self.catalog.get(event.item_id) if event.item_id is not None else None
+        self._learn_from_outcome(state, event, effects)
+        update_window(state, event, item, config)
+        self._update_indexes(state, event)
+        effects.alert = self._churn_check(state, event)
+        if event.type in config.page_trigger_types:
+            effects.page = self._serve_page(state, event, now)
+        self.counters["events_accepted"] += 1
+        return effects
+
+    def apply_catalog(self, item: CatalogItem) -> None:
+        """Add or update a catalog item."""
+        self.catalog.upsert(item)
+        self.counters["catalog_items"] += 1
+
+    def apply_catalog_raw(
+        self, raw: bytes, *, now: int, source: SourcePosition = SourcePosition()
+    ) -> DeadLetter | None:
+        """Decode and apply a catalog message; returns a dead letter if it is unusable."""
+        try:
+            item = decode_catalog_item(raw)
+        except DecodeError as error:
+            return self._dead_letter(raw, str(error), now, source, "catalog")
+        self.apply_catalog(item)
+        return None
+
+    def expire_idle(self, states: Iterable[UserState], *, watermark: int) -> list[UserState]:
+        """End sessions idle for longer than the gap (event time); returns the states it ended.
+
+        Users who never come back still teach the churn model how their session ended.
+        """
+        ended = []
+        gap = self.config.session_gap_ms
+        for state in states:
+            if state.session_events and watermark - state.last_ts > gap:
+                self._end_session(state)
+                ended.append(state)
+        return ended
+
+    # -- validation ----------------------------------------------------------------------
+
+    def _reject_reason(
+        self, event: BehaviourEvent, state: UserState | None, now: int
+    ) -> str | None:
+        config = self.config
+        if event.ts < _EARLIEST_TS:
+            return f"ts_out_of_range: ts {event.ts} is before 2000-01-01 (epoch ms expected)"
+        if event.ts > now + config.max_future_skew_ms:
+            return (
+                f"ts_out_of_range: ts {event.ts} is {event.ts - now} ms ahead of the clock "
+                f"(limit {config.max_future_skew_ms} ms)"
+            )
+        if (
+            state is not None
+            and state.session_events
+            and event.event_id not in state.recent_event_ids
+        ):
+            behind = state.last_ts - event.ts
+            if behind > config.late_grace_ms:
+                return (
+                    f"late_event: ts is {behind} ms behind the user's latest event "
+                    f"(grace {config.late_grace_ms} ms)"
+                )
+        return None
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _roll_session(self, state: UserState, event: BehaviourEvent) -> None:
+        new_session = (
+            not state.session_id
+            or (event.session_id is not None and event.session_id != state.session_id)
+            or event.ts - state.last_ts > self.config.session_gap_ms
+        )
+        if not new_session:
+            return
+        if state.session_events:
+            self._end_session(state)
+        state.session_id = event.session_id or f"{state.user_id}-{event.ts}"
+        state.session_start = event.ts
+        state.last_ts = event.ts
+        self.counters["sessions_started"] += 1
+
+    def _end_session(self, state: UserState) -> None:
+        """Close the session: unanswered impressions become negatives, churn learns the ending."""
+        for pending in state.pending.values():
+            self._learn_rank(pending.features, False, pending.artwork_id, state)
+        churned = not state.has_played
+        for snapshot in state.churn_snapshots:
+            self.models.churn.learn_vector(snapshot, churned)
+        self.counters["sessions_ended"] += 1
+        self.counters["sessions_ended_without_play"] += int(churned)
+        state.sessions_total += 1
+        state.reset_session()
+
+    # -- learning from outcomes --------------------------------------------------------
+
+    def _learn_from_outcome(
+        self, state: UserState, event: BehaviourEvent, effects: Effects
+    ) -> None:
+        timeout = self.config.impression_timeout_ms
+        if state.pending:
+            expired = [
+                item_id
+                for item_id, pending in state.pending.items()
+                if event.ts - pending.shown_ts > timeout
+            ]
+            for item_id in expired:
+                pending = state.pending.pop(item_id)
+                self._learn_rank(pending.features, False, pending.artwork_id, state)
+                effects.labels.append((item_id, False))
+
+        item_id = event.item_id
+        if item_id is None:
+            return
+        event_type = event.type
+        if event_type == "impression":
+            features = self._served_features(event, state)
+            previous = state.pending.pop(item_id, None)
+            if previous is not None:  # shown again before any answer: the first showing failed
+                self._learn_rank(previous.features, False, previous.artwork_id, state)
+                effects.labels.append((item_id, False))
+            state.pending[item_id] = PendingImpression(
+                event.recommendation_id, event.ts, features, event.artwork_id
+            )
+            if len(state.pending) > self.config.pending_impressions:
+                oldest_id = next(iter(state.pending))
+                oldest = state.pending.pop(oldest_id)
+                self._learn_rank(oldest.features, False, oldest.artwork_id, state)
+                effects.labels.append((oldest_id, False))
+        elif event_type in _POSITIVE_TYPES or event_type == "scroll_past":
+            positive = event_type in _POSITIVE_TYPES
+            pending = state.pending.pop(item_id, None)
+            if pending is not None:
+                self._learn_rank(
+                    pending.features, positive, pending.artwork_id or event.artwork_id, state
+                )
+                effects.labels.append((item_id, positive))
+            elif event.recommendation_id and (positive or event_type == "scroll_past"):
+                # Shown (the event names its page) but the impression was not seen: learn anyway.
+                if event_type == "play" and item_id in state.session_clicked:
+                    return  # the click already taught the ranker about this showing
+                features = self._served_features(event, state)
+                self._learn_rank(features, positive, event.artwork_id, state)
+                effects.labels.append((item_id, positive))
+
+    def _served_features(self, event: BehaviourEvent, state: UserState) -> list[float]:
+        assert event.item_id is not None
+        if event.recommendation_id:
+            served = self._served.get(event.recommendation_id)
+            if served is not None:
+                features = served.features_of(event.item_id)
+                if features is not None:
+                    return features
+        return self.pages.item_features(state, event.item_id, max(event.ts, state.last_ts))
+
+    def _learn_rank(
+        self, features: list[float], positive: bool, artwork_id: str | None, state: UserState
+    ) -> None:
+        self.models.ranker.learn_vector(features, positive)
+        self.counters["labels_positive" if positive else "labels_negative"] += 1
+        if artwork_id is not None:
+            self.models.bandit.update(artwork_id, positive, context=state.device or "")
+
+    def _update_indexes(self, state: UserState, event: BehaviourEvent) -> None:
+        if event.type in SEQUENCE_TYPES and event.item_id is not None:
+            self.models.knn.add_item(
+                session_key(state.user_id, state.session_id), event.item_id, event.ts
+            )
+            self.models.trending.add(event.item_id, event.ts, _TRENDING_WEIGHTS[event.type])
+
+    # -- churn -----------------------------------------------------------------------------
+
+    def _churn_check(self, state: UserState, event: BehaviourEvent) -> ChurnAlert | None:
+        if state.has_played:
+            state.churn_risk = 0.0
+            return None
+        config = self.config
+        vector = session_features(state, event.ts, config)
+        snapshots = state.churn_snapshots
+        snapshots.append(vector)
+        if len(snapshots) > config.churn_snapshots:
+            del snapshots[1]  # keep the session's first view and the latest ones
+        churn = self.models.churn
+        named = dict(zip(SESSION_FEATURE_NAMES, vector, strict=True))
+        risk = churn.predict_proba_one(named)
+        state.churn_risk = risk
+        if state.churn_alerted:
+            if risk < config.churn_rearm:
+                state.churn_alerted = False
+            return None
+        if risk < config.churn_threshold or churn.n_learned < config.churn_min_sessions:
+            return None
+        state.churn_alerted = True
+        reasons = tuple(name for name, weight in churn.contributions(named)[:3] if weight > 0)
+        self.counters["churn_alerts"] += 1
+        return ChurnAlert(
+            alert_id=stable_id("churn", state.user_id, event.event_id),
+            user_id=state.user_id,
+            session_id=state.session_id,
+            risk=round(risk, 6),
+            reasons=reasons,
+            ts=event.ts,
+        )
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def _serve_page(self, state: UserState, event: BehaviourEvent, now: int) -> Page:
+        recommendation_id = stable_id("rec", state.user_id, event.event_id)
+        served = self.pages.build(
+            state,
+            recommendation_id=recommendation_id,
+            trigger_event_id=event.event_id,
+            now=max(event.ts, state.last_ts),
+            generated_at=now,
+        )
+        if len(served.item_ids):
+            self._served[recommendation_id] = served
+            if len(self._served) > self._served_limit:
+                self._served.popitem(last=False)
+        state.last_recommendation_id = recommendation_id
+        state.recent_pages[recommendation_id] = served.page.variant
+        if len(state.recent_pages) > _RECENT_PAGES:
+            del state.recent_pages[next(iter(state.recent_pages))]
+        self.counters["pages"] += 1
+        return served.page
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def _dead_letter(
+        self, raw: bytes, reason: str, now: int, source: SourcePosition, kind: str
+    ) -> DeadLetter:
+        self.counters["dead_letters"] += 1
+        self.counters[f"dead_letters_{kind}"] += 1
+        return DeadLetter(
+            original=raw,
+            error=reason,
+            source_topic=source.topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+            ts=now,
+        )
+
+    # -- model snapshots ---------------------------------------------------------------
+
+    def replace_models(self, models: EngineModels) -> None:
+        """Swap in restored models (worker start-up, offline evaluation from a snapshot)."""
+        self.models = models
+        self.pages = PageBuilder(
+            self.config, self.catalog, models.knn, models.trending, models.ranker, models.bandit
+        )
+
+    def model_states(self) -> dict[str, dict[str, Any]]:
+        """Every model's plain-data state, for an authenticated snapshot."""
+        models = self.models
+        return {
+            "knn": models.knn.to_state(),
+            "trending": models.trending.to_state(),
+            "ranker": models.ranker.to_state(),
+            "churn": models.churn.to_state(),
+            "bandit": models.bandit.to_state(),
+        }

@@ -1,0 +1,161 @@
+"""The write half of the session features: how one event changes a user's session window.
+
+Each feature has a write half (here: what an event changes) and a read half
+(``processors.features``: its value at scoring time), the split metarank uses, so serving and
+learning read the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from processors.config import EngineConfig
+from processors.user_state import EVENT_TYPE_INDEX, UserState
+from schemas.messages import BehaviourEvent, CatalogItem
+
+__all__ = ["AFFINITY_WEIGHTS", "decayed_affinity", "update_window"]
+
+#: How much each event type says about liking an item's genres. Scroll-pasts and drop-offs are
+#: evidence against: behaviour, not demographics, is the signal.
+AFFINITY_WEIGHTS: dict[str, float] = {
+    "impression": 0.0,
+    "hover": 0.5,  # scaled by dwell, see _affinity_weight
+    "click": 1.0,
+    "scroll_past": -0.25,
+    "play": 2.0,
+    "pause": 0.5,  # scaled by progress
+    "completion": 3.0,
+    "drop_off": -0.5,  # scaled by how early they dropped
+    "session_start": 0.0,
+}
+#: Events that put an item into the session's item sequence (used by session-kNN).
+SEQUENCE_TYPES = frozenset({"click", "play", "completion"})
+#: Dwell at which a hover counts fully.
+_FULL_DWELL_MS = 3_000.0
+#: Items tracked per session in the exposure maps.
+_MAX_EXPOSURE_ITEMS = 128
+_MIN_RESUME_PROGRESS = 0.02
+_MAX_RESUME_PROGRESS = 0.95
+
+
+def decayed_affinity(state: UserState, now: int, half_life_ms: int) -> dict[str, float]:
+    """Genre affinities decayed to ``now`` (read-only; the state keeps undecayed values)."""
+    if not state.genre_affinity:
+        return {}
+    factor = _decay_factor(now - state.affinity_ts, half_life_ms)
+    return {genre: weight * factor for genre, weight in state.genre_affinity.items()}
+
+
+def update_window(
+    state: UserState, event: BehaviourEvent, item: CatalogItem | None, config: EngineConfig
+) -> None:
+    """Apply one accepted, in-session event to the user's window (in place)."""
+    event_type = event.type
+    state.session_events += 1
+    state.type_counts[EVENT_TYPE_INDEX[event_type]] += 1
+    if event.ts > state.last_ts:
+        state.last_ts = event.ts
+    if event.device:
+        state.device = event.device
+    state.local_hour = event.local_hour if event.local_hour is not None else _utc_hour(event.ts)
+
+    item_id = event.item_id
+    if event_type == "hover":
+        state.hover_dwell_ms += event.dwell_ms or 0
+    elif event_type == "scroll_past":
+        state.scroll_streak += 1
+        state.max_scroll_streak = max(state.max_scroll_streak, state.scroll_streak)
+        if item_id is not None:
+            _bump(state.session_scrolled, item_id)
+    elif event_type in SEQUENCE_TYPES:
+        state.scroll_streak = 0
+        if item_id is not None:
+            state.session_clicked[item_id] = None
+            if len(state.session_clicked) > _MAX_EXPOSURE_ITEMS:
+                del state.session_clicked[next(iter(state.session_clicked))]
+            _append_item(state, item_id, config.last_items)
+    elif event_type == "impression" and item_id is not None:
+        _bump(state.session_impressed, item_id)
+
+    if event_type in ("pause", "completion", "drop_off") and event.progress is not None:
+        state.progress_sum += event.progress
+        state.progress_n += 1
+    if item_id is not None:
+        _update_continue_watching(state, event, config.continue_watching)
+        if item is not None and item.genres:
+            weight = _affinity_weight(event)
+            if weight:
+                _add_affinity(state, item.genres, weight, event.ts, config)
+
+
+def _affinity_weight(event: BehaviourEvent) -> float:
+    base = AFFINITY_WEIGHTS[event.type]
+    if event.type == "hover":
+        return base * min((event.dwell_ms or 0) / _FULL_DWELL_MS, 1.0)
+    if event.type == "pause":
+        return base * (event.progress if event.progress is not None else 0.5)
+    if event.type == "drop_off":
+        return base * (1.0 - (event.progress if event.progress is not None else 0.0))
+    return base
+
+
+def _add_affinity(
+    state: UserState, genres: tuple[str, ...], weight: float, ts: int, config: EngineConfig
+) -> None:
+    affinity = state.genre_affinity
+    if ts > state.affinity_ts:
+        if affinity:
+            factor = _decay_factor(ts - state.affinity_ts, config.genre_half_life_ms)
+            for genre in affinity:
+                affinity[genre] *= factor
+        state.affinity_ts = ts
+        age_factor = 1.0
+    else:  # out-of-order event: add it as already decayed to the window's clock
+        age_factor = _decay_factor(state.affinity_ts - ts, config.genre_half_life_ms)
+    share = weight * age_factor / len(genres)
+    for genre in genres:
+        affinity[genre] = affinity.get(genre, 0.0) + share
+    if len(affinity) > config.max_genres:
+        weakest = min(affinity, key=lambda genre: abs(affinity[genre]))
+        del affinity[weakest]
+
+
+def _update_continue_watching(state: UserState, event: BehaviourEvent, limit: int) -> None:
+    item_id = event.item_id
+    assert item_id is not None
+    resume = state.continue_watching
+    if event.type == "completion":
+        resume.pop(item_id, None)
+    elif event.type in ("pause", "drop_off") and event.progress is not None:
+        if _MIN_RESUME_PROGRESS <= event.progress < _MAX_RESUME_PROGRESS:
+            resume.pop(item_id, None)  # re-insert so the dict stays ordered by recency
+            resume[item_id] = event.progress
+            while len(resume) > limit:
+                del resume[next(iter(resume))]
+        elif event.progress >= _MAX_RESUME_PROGRESS:
+            resume.pop(item_id, None)
+
+
+def _append_item(state: UserState, item_id: str, limit: int) -> None:
+    items = state.last_items
+    if items and items[-1] == item_id:
+        return  # a click followed by a play of the same title is one step of the sequence
+    items.append(item_id)
+    if len(items) > limit:
+        del items[0]
+
+
+def _bump(counts: dict[str, int], item_id: str) -> None:
+    counts[item_id] = counts.get(item_id, 0) + 1
+    if len(counts) > _MAX_EXPOSURE_ITEMS:
+        del counts[next(iter(counts))]
+
+
+def _decay_factor(elapsed_ms: int, half_life_ms: int) -> float:
+    if elapsed_ms <= 0:
+        return 1.0
+    return math.exp(-math.log(2.0) * elapsed_ms / half_life_ms)
+
+
+def _utc_hour(ts: int) -> int:
+    return (ts // 3_600_000) % 24

@@ -1,0 +1,1 @@
+"""Operator tools (simulate, snapshot, replay, evaluate, bench) as thin wrappers."""

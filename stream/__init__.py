@@ -1,0 +1,1 @@
+"""The wiring: Faust app, topics, agents, Redis writer, embedded broker, configuration and CLI."""

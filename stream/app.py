@@ -1,0 +1,225 @@
+"""The Faust app: topics, the thin agents, timers, and the signals that keep state correct.
+
+Agents only decode → call the pipeline (which calls the engine) → send. All state the worker
+needs after a restart is checkpointed to Redis by the pipeline, not kept in Faust tables: on
+the embedded broker Faust's changelog recovery stops short (see README, "State and restarts").
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from online_models.factory import build_models
+from processors.engine import Engine
+from stream.config import Settings
+from stream.pipeline import EventPipeline, RawMessage
+from stream.redis_store import RedisStore
+
+__all__ = ["WorkerApp", "create_app", "faust_broker_urls"]
+
+log = logging.getLogger(__name__)
+
+
+def faust_broker_urls(bootstrap_servers: str) -> list[str]:
+    """Faust URLs for a Kafka bootstrap list, using our transport (configurable fetch wait).
+
+    Examples
+    --------
+    >>> faust_broker_urls("k1:9092,k2:9092")
+    ['insession://k1:9092', 'insession://k2:9092']
+    """
+    return [f"insession://{host.strip()}" for host in bootstrap_servers.split(",") if host.strip()]
+
+
+def _credentials(settings: Settings) -> Any:
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=settings.ssl_cafile) if "SSL" in protocol else None
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism or "PLAIN",
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+class WorkerApp:
+    """A Faust app wired to one EventPipeline."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = faust.App(
+            settings.app_id,
+            broker=faust_broker_urls(settings.bootstrap_servers),
+            broker_credentials=_credentials(settings),
+            value_serializer="raw",
+            key_serializer="raw",
+            web_enabled=False,
+            topic_partitions=settings.partitions,
+            topic_allow_declare=True,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=settings.heartbeat_interval_s,
+            broker_rebalance_timeout=settings.rebalance_timeout_s,
+            broker_commit_interval=1.0,
+            producer_linger_ms=settings.producer_linger_ms,
+            producer_acks=-1,
+            stream_wait_empty=False,
+        )
+        self.app.insession_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+        self.topics = {
+            name: self.app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=partitions,
+            )
+            for name, partitions in settings.output_topics().items()
+        }
+        self.store = RedisStore(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            ttl_s=settings.redis_ttl_s,
+            password=settings.redis_password,
+        )
+        engine = Engine(settings.engine, build_models(settings.engine))
+        self.pipeline = EventPipeline(settings, engine, self.store, self._send)
+        self._started = False
+        self._last_stats = (time.monotonic(), 0, 0)
+        self._wire()
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[object]:
+        return await self.topics[topic].send(key=key, value=value)
+
+    async def _ensure_started(self) -> None:
+        """Restore models and catalog once, before the first batch is processed."""
+        if self._started:
+            return
+        self._started = True
+        if self.settings.using_dev_snapshot_key:
+            log.warning("INSESSION_SNAPSHOT_KEY is not set: model snapshots use the dev key")
+        restored = await self.pipeline.restore_models()
+        loaded = await self.pipeline.refresh_catalog(force=True)
+        log.info("worker ready: models restored=%s, catalog items loaded=%d", restored, loaded)
+
+    def _wire(self) -> None:
+        app, settings, pipeline = self.app, self.settings, self.pipeline
+        events_topic = self.topics[settings.events_topic]
+        catalog_topic = self.topics[settings.catalog_topic]
+
+        async def personalize_events(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(
+                settings.batch_max, within=settings.batch_within_s
+            ):
+                messages = [_raw_message(event) for event in batch]
+                await self._guarded(pipeline.handle_events, messages)
+
+        async def ingest_catalog(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(
+                settings.batch_max, within=settings.batch_within_s
+            ):
+                messages = [_raw_message(event) for event in batch]
+                await self._guarded(pipeline.handle_catalog, messages)
+
+        app.agent(events_topic, name="personalize_events", concurrency=1)(personalize_events)
+        app.agent(catalog_topic, name="ingest_catalog", concurrency=1)(ingest_catalog)
+
+        @app.timer(settings.expiry_interval_s)
+        async def expire_idle_sessions() -> None:
+            ended = await pipeline.expire_idle()
+            if ended:
+                log.info("ended %d idle sessions", ended)
+
+        @app.timer(settings.model_checkpoint_s)
+        async def checkpoint_models() -> None:
+            if self._started:
+                await pipeline.checkpoint_models()
+
+        @app.timer(settings.catalog_refresh_s)
+        async def refresh_catalog() -> None:
+            if self._started:
+                await pipeline.refresh_catalog()
+
+        @app.timer(5.0)
+        async def log_stats() -> None:
+            self._log_stats()
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            dropped = pipeline.drop_partitions(
+                tp.partition for tp in revoked if tp.topic == settings.events_topic
+            )
+            log.info("partitions revoked: %d users handed back to Redis", dropped)
+
+        @app.on_before_shutdown.connect
+        async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+            if self._started:
+                await pipeline.checkpoint_models()
+
+    async def _guarded(self, handler: Any, messages: list[RawMessage]) -> None:
+        """Never let an exception leave an agent: Faust would skip the failing offsets."""
+        await self._ensure_started()
+        try:
+            await handler(messages)
+        except Exception as error:  # the batch is dead-lettered, never silently dropped
+            log.exception("batch of %d failed; dead-lettering it", len(messages))
+            self.pipeline.counters["internal_errors"] += 1
+            await self.pipeline.dead_letter_batch(messages, f"internal_error: {error!r}")
+
+    def _log_stats(self) -> None:
+        counters = self.pipeline.counters
+        then, events_then, pages_then = self._last_stats
+        now = time.monotonic()
+        elapsed = max(now - then, 1e-9)
+        events, pages = counters["events"], counters["pages"]
+        summary = self.pipeline.processing.summary_ms()
+        if events != events_then:
+            log.info(
+                "events/s=%.0f pages/s=%.0f processing p50=%.2fms p99=%.2fms users=%d "
+                "dead_letters=%d duplicates=%d redis_buffered=%d",
+                (events - events_then) / elapsed,
+                (pages - pages_then) / elapsed,
+                summary["p50_ms"],
+                summary["p99_ms"],
+                len(self.pipeline.states),
+                counters["dead_letters"],
+                self.pipeline.engine.counters["duplicates"],
+                self.store.buffered,
+            )
+        self._last_stats = (now, events, pages)
+
+
+def _raw_message(event: Any) -> RawMessage:
+    message = event.message
+    headers = message.headers or {}
+    if not isinstance(headers, dict):
+        headers = {k: v for k, v in headers}
+    return RawMessage(
+        value=message.value if message.value is not None else b"",
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        headers={
+            str(k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+            for k, v in headers.items()
+        },
+    )
+
+
+def create_app(settings: Settings | None = None) -> WorkerApp:
+    """Build the worker app from settings (default: from the environment)."""
+    return WorkerApp(settings or Settings.from_env())

@@ -1,0 +1,160 @@
+"""Worker settings, read from the environment (12-factor), with the engine's settings inside."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from processors.config import EngineConfig
+
+__all__ = ["DEV_SNAPSHOT_KEY", "Settings", "parse_arms"]
+
+#: Used only when INSESSION_SNAPSHOT_KEY is unset; the worker logs a warning when it is.
+DEV_SNAPSHOT_KEY = "insession-dev-only-snapshot-key"
+_SECRET_FIELDS = frozenset({"sasl_password", "redis_password", "snapshot_key"})
+
+
+def parse_arms(spec: str) -> tuple[tuple[str, float], ...]:
+    """Parse ``"personalized=0.9,holdout=0.1"`` into arms with shares.
+
+    Examples
+    --------
+    >>> parse_arms("a=3, b=1")
+    (('a', 3.0), ('b', 1.0))
+    """
+    arms = []
+    for part in spec.split(","):
+        name, _, share = part.strip().partition("=")
+        if not name or not share:
+            raise ValueError(f"arm {part!r} must look like name=share")
+        arms.append((name.strip(), float(share)))
+    return tuple(arms)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker needs to know; ``from_env`` documents the variable for each field."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str | None = field(default=None, repr=False)
+    redis_prefix: str = "insession:"
+    redis_ttl_s: int = 86_400
+    app_id: str = "insession"
+    events_topic: str = "insession.events"
+    catalog_topic: str = "insession.catalog"
+    recommendations_topic: str = "insession.recommendations"
+    churn_topic: str = "insession.churn-alerts"
+    dead_letter_topic: str = "insession.dead-letters"
+    partitions: int = 8
+    output_format: str = "json"
+    fetch_max_wait_ms: int = 50
+    producer_linger_ms: int = 5
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 6.0
+    batch_max: int = 500
+    batch_within_s: float = 0.002
+    model_checkpoint_s: float = 30.0
+    expiry_interval_s: float = 5.0
+    catalog_refresh_s: float = 2.0
+    max_users_in_memory: int = 200_000
+    snapshot_key: str = field(default=DEV_SNAPSHOT_KEY, repr=False)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    log_level: str = "info"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from environment variables (see README, "Settings")."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def get(name: str, default: object) -> object:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            if isinstance(default, bool):
+                return raw.lower() in ("1", "true", "yes")
+            if isinstance(default, int):
+                return int(raw)
+            if isinstance(default, float):
+                return float(raw)
+            return raw
+
+        values: dict[str, object] = {
+            "bootstrap_servers": get("KAFKA_BOOTSTRAP_SERVERS", defaults.bootstrap_servers),
+            "redis_url": get("REDIS_URL", defaults.redis_url),
+            "redis_password": env.get("REDIS_PASSWORD") or None,
+            "security_protocol": get("KAFKA_SECURITY_PROTOCOL", defaults.security_protocol),
+            "sasl_mechanism": env.get("KAFKA_SASL_MECHANISM") or None,
+            "sasl_username": env.get("KAFKA_SASL_USERNAME") or None,
+            "sasl_password": env.get("KAFKA_SASL_PASSWORD") or None,
+            "ssl_cafile": env.get("KAFKA_SSL_CAFILE") or None,
+        }
+        for f in dataclasses.fields(cls):
+            if f.name in values or f.name == "engine":
+                continue
+            values[f.name] = get(f"INSESSION_{f.name.upper()}", getattr(defaults, f.name))
+        engine_defaults = EngineConfig()
+        engine_values: dict[str, object] = {}
+        for f in dataclasses.fields(EngineConfig):
+            if f.name in ("arms", "page_trigger_types"):
+                continue
+            engine_values[f.name] = get(
+                f"INSESSION_ENGINE_{f.name.upper()}", getattr(engine_defaults, f.name)
+            )
+        arms = env.get("INSESSION_ARMS")
+        if arms:
+            engine_values["arms"] = parse_arms(arms)
+        triggers = env.get("INSESSION_PAGE_TRIGGER_TYPES")
+        if triggers:
+            engine_values["page_trigger_types"] = frozenset(
+                t.strip() for t in triggers.split(",") if t.strip()
+            )
+        values["engine"] = EngineConfig(**engine_values)  # type: ignore[arg-type]
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def using_dev_snapshot_key(self) -> bool:
+        """True when model snapshots are signed with the public development key."""
+        return self.snapshot_key == DEV_SNAPSHOT_KEY
+
+    def redacted(self) -> dict[str, object]:
+        """Settings for logs: secrets replaced by ``***``."""
+        shown: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value:
+                value = "***"
+            elif f.name == "redis_url":
+                value = _redact_url(str(value))
+            shown[f.name] = value
+        return shown
+
+    def output_topics(self) -> dict[str, int]:
+        """Every topic the worker uses, with the partition count to create it with."""
+        return {
+            self.events_topic: self.partitions,
+            self.catalog_topic: self.partitions,
+            self.recommendations_topic: self.partitions,
+            self.churn_topic: self.partitions,
+            self.dead_letter_topic: self.partitions,
+        }
+
+
+def _redact_url(url: str) -> str:
+    """Hide a password embedded in a URL such as redis://:secret@host:6379/0."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,61 @@
+"""Latency histograms (HDR) for the worker's own processing time and for benchmarks."""
+
+from __future__ import annotations
+
+from hdrh.histogram import HdrHistogram
+
+__all__ = ["LatencyRecorder"]
+
+_LOWEST_US = 1
+_HIGHEST_US = 60 * 1_000_000
+
+
+class LatencyRecorder:
+    """Microsecond HDR histogram with 3 significant digits, from 1 µs to 60 s.
+
+    Examples
+    --------
+    >>> recorder = LatencyRecorder()
+    >>> for ms in (1, 2, 3, 4, 100):
+    ...     recorder.record_us(ms * 1000)
+    >>> round(recorder.percentile_ms(50))
+    3
+    """
+
+    __slots__ = ("histogram",)
+
+    def __init__(self) -> None:
+        self.histogram = HdrHistogram(_LOWEST_US, _HIGHEST_US, 3)
+
+    def record_us(self, micros: float, count: int = 1) -> None:
+        """Record a latency in microseconds (clamped into the histogram's range)."""
+        value = min(max(int(micros), _LOWEST_US), _HIGHEST_US)
+        self.histogram.record_value(value, count)
+
+    def record_ns(self, nanos: int, count: int = 1) -> None:
+        """Record a batch's duration once per event it covered."""
+        self.record_us(nanos / 1000.0, count)
+
+    @property
+    def count(self) -> int:
+        """Values recorded."""
+        return int(self.histogram.get_total_count())
+
+    def percentile_ms(self, percentile: float) -> float:
+        """The value at a percentile, in milliseconds."""
+        return self.histogram.get_value_at_percentile(percentile) / 1000.0
+
+    def summary_ms(self) -> dict[str, float]:
+        """p50/p90/p99/p99.9/max in milliseconds, and the count."""
+        return {
+            "count": self.count,
+            "p50_ms": self.percentile_ms(50),
+            "p90_ms": self.percentile_ms(90),
+            "p99_ms": self.percentile_ms(99),
+            "p999_ms": self.percentile_ms(99.9),
+            "max_ms": self.histogram.get_max_value() / 1000.0,
+        }
+
+    def reset(self) -> None:
+        """Start a new measurement window."""
+        self.histogram.reset()

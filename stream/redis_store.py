@@ -1,0 +1,183 @@
+"""Redis: the serving copy of pages and session features, and the checkpoint of user state.
+
+Keys (``prefix`` defaults to ``insession:``), every one with a TTL so Redis never grows forever:
+
+- ``{prefix}page:{user_id}``: the latest page (JSON, as on the recommendations topic);
+- ``{prefix}session:{user_id}``: the session features (JSON);
+- ``{prefix}state:{user_id}``: the engine's full user state, the worker's restart checkpoint;
+- ``{prefix}catalog`` (hash item_id → catalog JSON) and ``{prefix}catalog:version``;
+- ``{prefix}models``: the latest signed model snapshot.
+
+Writes are pipelined per batch. When Redis is down the writes are kept (latest value per key,
+bounded) and retried with the next batch, so the worker keeps serving from Kafka meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger(__name__)
+
+
+class RedisStore:
+    """Async, pipelined access to the keys above, tolerant of Redis outages."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "insession:",
+        ttl_s: int = 86_400,
+        password: str | None = None,
+        max_buffered_keys: int = 200_000,
+    ) -> None:
+        self.client = aioredis.Redis.from_url(
+            url, password=password, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.counters: Counter[str] = Counter()
+        self._buffer: OrderedDict[str, bytes] = OrderedDict()
+        self._max_buffered = max_buffered_keys
+        self._failing = False
+
+    def key(self, kind: str, name: str = "") -> str:
+        """Full key for a kind of value (``page``, ``session``, ``state``, ...)."""
+        return f"{self.prefix}{kind}:{name}" if name else f"{self.prefix}{kind}"
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers."""
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    # -- user state ----------------------------------------------------------------------
+
+    async def load_states(self, user_ids: list[str]) -> dict[str, bytes]:
+        """Checkpointed states of these users (missing users are absent from the result).
+
+        A state still waiting in the outage buffer is newer than Redis's copy, so it wins.
+        """
+        found: dict[str, bytes] = {}
+        wanted = []
+        for user_id in user_ids:
+            buffered = self._buffer.get(self.key("state", user_id))
+            if buffered is not None:
+                found[user_id] = buffered
+            else:
+                wanted.append(user_id)
+        if not wanted:
+            return found
+        try:
+            values = await self.client.mget([self.key("state", u) for u in wanted])
+        except (RedisError, OSError) as error:
+            self.counters["redis_read_failures"] += 1
+            log.warning(
+                "redis read failed (%s); starting %d users from empty state", error, len(wanted)
+            )
+            return found
+        for user_id, value in zip(wanted, values, strict=True):
+            if value is not None:
+                found[user_id] = value
+        return found
+
+    async def write(self, values: dict[str, bytes]) -> bool:
+        """SET every key with the TTL in one pipeline; on failure keep them for the next try."""
+        if self._buffer:
+            self._buffer.update(values)
+            values = dict(self._buffer)
+        if not values:
+            return True
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            ttl = self.ttl_s
+            for key, value in values.items():
+                pipe.set(key, value, ex=ttl)
+            await pipe.execute()
+        except (RedisError, OSError) as error:
+            self.counters["redis_write_failures"] += 1
+            if not self._failing:
+                log.warning("redis write failed (%s); buffering writes until it is back", error)
+            self._failing = True
+            self._keep(values)
+            return False
+        if self._failing:
+            log.info("redis is back; wrote %d buffered keys", len(values))
+            self._failing = False
+        self._buffer.clear()
+        self.counters["redis_keys_written"] += len(values)
+        return True
+
+    def _keep(self, values: dict[str, bytes]) -> None:
+        buffer = self._buffer
+        for key, value in values.items():
+            buffer.pop(key, None)
+            buffer[key] = value
+        while len(buffer) > self._max_buffered:
+            buffer.popitem(last=False)
+            self.counters["redis_writes_dropped"] += 1
+        self.counters["redis_buffered_keys"] = len(buffer)
+
+    @property
+    def buffered(self) -> int:
+        """Writes waiting for Redis to come back."""
+        return len(self._buffer)
+
+    # -- catalog ---------------------------------------------------------------------------
+
+    async def put_catalog(self, items: dict[str, bytes]) -> None:
+        """Store catalog items (no TTL: the catalog is reference data) and bump the version."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(self.key("catalog"), mapping=items)
+            pipe.incr(self.key("catalog", "version"))
+            await pipe.execute()
+        except (RedisError, OSError) as error:
+            self.counters["redis_write_failures"] += 1
+            log.warning("redis catalog write failed (%s)", error)
+
+    async def catalog_version(self) -> int | None:
+        """Counter bumped on every catalog write, so workers reload only when it moved."""
+        try:
+            value = await self.client.get(self.key("catalog", "version"))
+        except (RedisError, OSError):
+            return None
+        return int(value) if value is not None else 0
+
+    async def load_catalog(self) -> list[bytes]:
+        """Every stored catalog item."""
+        try:
+            return list((await self.client.hgetall(self.key("catalog"))).values())
+        except (RedisError, OSError) as error:
+            log.warning("redis catalog read failed (%s)", error)
+            return []
+
+    # -- models ----------------------------------------------------------------------------
+
+    async def save_models(self, blob: bytes) -> bool:
+        """Store the signed model snapshot."""
+        try:
+            await self.client.set(self.key("models"), blob)
+        except (RedisError, OSError) as error:
+            log.warning("redis model checkpoint failed (%s)", error)
+            return False
+        return True
+
+    async def load_models(self) -> bytes | None:
+        """The latest model snapshot, if any."""
+        try:
+            return await self.client.get(self.key("models"))
+        except (RedisError, OSError) as error:
+            log.warning("redis model snapshot read failed (%s)", error)
+            return None

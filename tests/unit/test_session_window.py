@@ -1,0 +1,124 @@
+"""The session window's write half: counts, dwell, streaks, progress, affinity, bounds."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from processors.config import EngineConfig
+from processors.features import SESSION_FEATURE_NAMES, session_features
+from processors.session_window import decayed_affinity, update_window
+from processors.user_state import UserState
+from schemas.messages import BehaviourEvent, CatalogItem
+
+CONFIG = EngineConfig()
+T0 = 1_700_000_000_000
+HORROR = CatalogItem("h1", "Scream", ("horror",), 5400, ("h1-a",))
+COMEDY = CatalogItem("c1", "Airplane", ("comedy",), 5400, ("c1-a",))
+
+
+def _event(kind: str, item: str | None = "h1", ts: int = T0, **extra: object) -> BehaviourEvent:
+    return BehaviourEvent(
+        event_id=f"e{ts}{kind}", user_id="u", type=kind, ts=ts, item_id=item, **extra
+    )  # type: ignore[arg-type]
+
+
+def _state() -> UserState:
+    state = UserState("u")
+    state.session_id, state.session_start, state.last_ts = "s", T0, T0
+    return state
+
+
+def test_counts_dwell_and_streaks() -> None:
+    state = _state()
+    for kind, extra in [
+        ("hover", {"dwell_ms": 1000}),
+        ("hover", {"dwell_ms": 3000}),
+        ("scroll_past", {}),
+        ("scroll_past", {}),
+        ("scroll_past", {}),
+    ]:
+        update_window(state, _event(kind, **extra), HORROR, CONFIG)
+    assert state.count("hover") == 2
+    assert state.hover_dwell_ms == 4000
+    assert state.scroll_streak == 3
+    update_window(state, _event("click"), HORROR, CONFIG)
+    assert state.scroll_streak == 0, "a click ends the scroll-past streak"
+    assert state.max_scroll_streak == 3
+    assert state.session_events == 6
+
+
+def test_progress_and_continue_watching() -> None:
+    state = _state()
+    update_window(state, _event("pause", progress=0.4), HORROR, CONFIG)
+    assert state.continue_watching == {"h1": 0.4}
+    update_window(state, _event("pause", "c1", progress=0.01), COMEDY, CONFIG)
+    assert "c1" not in state.continue_watching, "barely started is not worth resuming"
+    update_window(state, _event("completion", progress=1.0), HORROR, CONFIG)
+    assert state.continue_watching == {}
+    assert state.progress_n == 3
+    assert state.progress_sum == pytest.approx(1.41)
+
+
+def test_continue_watching_is_bounded_and_recency_ordered() -> None:
+    state = _state()
+    config = EngineConfig(continue_watching=3)
+    for index in range(5):
+        update_window(state, _event("pause", f"i{index}", progress=0.5), None, config)
+    update_window(state, _event("pause", "i2", progress=0.6), None, config)
+    assert list(state.continue_watching) == ["i3", "i4", "i2"]
+
+
+def test_genre_affinity_decays_with_half_life() -> None:
+    state = _state()
+    update_window(state, _event("click", ts=T0), HORROR, CONFIG)
+    later = T0 + CONFIG.genre_half_life_ms
+    assert decayed_affinity(state, later, CONFIG.genre_half_life_ms)["horror"] == pytest.approx(0.5)
+    update_window(state, _event("click", "c1", ts=later), COMEDY, CONFIG)
+    assert state.genre_affinity["horror"] == pytest.approx(0.5)
+    assert state.genre_affinity["comedy"] == pytest.approx(1.0)
+
+
+def test_scroll_past_lowers_affinity() -> None:
+    state = _state()
+    update_window(state, _event("scroll_past"), HORROR, CONFIG)
+    assert state.genre_affinity["horror"] < 0
+
+
+def test_last_items_bounded_and_collapse_click_then_play() -> None:
+    state = _state()
+    config = EngineConfig(last_items=3)
+    for item in ["a", "a", "b", "c", "d"]:
+        update_window(state, _event("click", item), None, config)
+    update_window(state, _event("play", "d"), None, config)
+    assert state.last_items == ["b", "c", "d"]
+
+
+def test_state_round_trips_through_json() -> None:
+    state = _state()
+    for kind in ["hover", "click", "play", "pause", "scroll_past"]:
+        update_window(state, _event(kind, dwell_ms=500, progress=0.5), HORROR, CONFIG)
+    state.recent_event_ids.extend(["x", "y"])
+    restored = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert restored.to_dict() == state.to_dict()
+
+
+def test_state_refuses_other_versions() -> None:
+    raw = _state().to_dict() | {"v": 999}
+    with pytest.raises(ValueError, match="version"):
+        UserState.from_dict(raw)
+
+
+def test_session_features_match_the_window() -> None:
+    state = _state()
+    update_window(state, _event("impression", ts=T0), HORROR, CONFIG)
+    update_window(state, _event("click", ts=T0 + 60_000), HORROR, CONFIG)
+    features = dict(
+        zip(SESSION_FEATURE_NAMES, session_features(state, T0 + 60_000, CONFIG), strict=True)
+    )
+    assert features["events_count_session_log"] == pytest.approx(math.log1p(2))
+    assert features["click_through_rate_session"] == pytest.approx(1 / 2)
+    assert features["browsing_speed_epm_log"] == pytest.approx(math.log1p(2.0))
+    assert features["genre_focus_session"] == pytest.approx(1.0)
