@@ -36,11 +36,11 @@ class ArtworkBandit:
              prior_beta + misses_ctx + misses_rest)
 
     where *rest* is the artwork's global record minus the context's own, scaled down to at most
-    `backoff_observations` pseudo-observations. So a context with no data samples from the
-    rest of the world's click rate (with that many observations' worth of confidence, wider
-    than the global posterior because a new context may differ), and from about
-    `backoff_observations` shows on the context's own record dominates. A smooth blend rather
-    than a switch at a threshold: the choice does not jump when the 20th show arrives.
+    `backoff_observations` pseudo-observations. So a context with no data samples around the
+    rest of the world's click rate, with only that many shows' worth of confidence (wider than
+    the global posterior: a new context may differ), and once the context has more shows of its
+    own than `backoff_observations`, its own record dominates. A smooth blend rather than a
+    switch at a threshold, so choices do not jump when the 20th show arrives.
 
     Draws are deterministic: `choose` reseeds the generator from a BLAKE2b hash of ``(seed,
     draw_key, item_id)``, so the same key replays the same choice on the same state, offline
@@ -107,6 +107,8 @@ class ArtworkBandit:
         self.max_contexts = int(max_contexts)
         # context -> artwork -> [clicks, shows]; lists are updated in place on the hot path.
         self._tables: dict[str, dict[str, list[int]]] = {_GLOBAL: {}}
+        # context -> artwork -> Beta parameters, filled by choose_many, dropped on update.
+        self._params: dict[str, dict[str, tuple[float, float]]] = {}
         seed_bytes = str(self.seed).encode()
         self._seed_prefix = len(seed_bytes).to_bytes(4, "little") + seed_bytes
         # One generator, reseeded per draw: building a Generator costs ~27 µs (SeedSequence),
@@ -169,6 +171,57 @@ class ArtworkBandit:
                 best, best_draw = artwork_id, draw
         return best
 
+    def choose_many(
+        self,
+        items: Sequence[tuple[str, Sequence[str]]],
+        *,
+        context: str,
+        draw_key: str,
+    ) -> list[str | None]:
+        """Pick artworks for every item of a page with one vectorized Thompson draw.
+
+        One generator reseed and one ``Generator.beta`` call per page instead of one per item:
+        a page of 60 titles costs tens of microseconds instead of about a millisecond. The
+        draws are seeded by ``draw_key`` alone, so the same page (same items, same order, same
+        state) gets the same artworks; an item's artwork may differ between two pages.
+
+        Examples
+        --------
+        >>> bandit = ArtworkBandit(seed=1)
+        >>> for _ in range(200):
+        ...     bandit.update("good", True, context="")
+        ...     bandit.update("bad", False, context="")
+        >>> bandit.choose_many([("i1", ["bad", "good"]), ("i2", [])], context="", draw_key="p")
+        ['good', None]
+        """
+        params = self._params.get(context)
+        if params is None or len(params) > self.max_artworks:
+            params = self._params[context] = {}
+        posterior = self._posterior
+        widest = 0
+        for _, artworks in items:
+            if len(artworks) > widest:
+                widest = len(artworks)
+        if widest <= 1:
+            return [artworks[0] if artworks else None for _, artworks in items]
+        alphas = np.ones((len(items), widest))
+        betas = np.ones((len(items), widest))
+        for row, (_, artworks) in enumerate(items):
+            if len(artworks) > 1:
+                for column, artwork_id in enumerate(artworks):
+                    pair = params.get(artwork_id)
+                    if pair is None:
+                        pair = params[artwork_id] = posterior(artwork_id, context)
+                    alphas[row, column], betas[row, column] = pair
+        self._reseed(draw_key, "")
+        draws = self._generator.beta(alphas, betas)
+        for row, (_, artworks) in enumerate(items):
+            draws[row, len(artworks) :] = -1.0  # padding never wins
+        best = draws.argmax(axis=1).tolist()
+        return [
+            artworks[best[row]] if artworks else None for row, (_, artworks) in enumerate(items)
+        ]
+
     def update(self, artwork_id: str, clicked: bool, *, context: str) -> None:
         """Record one show of an artwork and whether it was clicked.
 
@@ -183,6 +236,8 @@ class ArtworkBandit:
 
         """
         click = 1 if clicked else 0
+        for params in self._params.values():  # the global record feeds every context's blend
+            params.pop(artwork_id, None)
         self._count(self._tables[_GLOBAL], artwork_id, click)
         if context != _GLOBAL:
             table = self._tables.get(context)
@@ -341,6 +396,7 @@ class ArtworkBandit:
                 n_evicted = max(1, self.max_artworks // _ARTWORK_EVICTION_FRACTION)
                 for evicted, _ in heapq.nsmallest(n_evicted, table.items(), key=_entry_shows):
                     del table[evicted]
+                self._params.clear()  # cached posteriors may mention evicted entries
             counts = table[artwork_id] = [0, 0]
         counts[0] += click
         counts[1] += 1
@@ -351,6 +407,7 @@ class ArtworkBandit:
         if named:
             least = min(named, key=self._context_shows)
             del self._tables[least]
+            self._params.pop(least, None)
 
     def _context_shows(self, context: str) -> int:
         """Total shows recorded in a context."""

@@ -17,9 +17,13 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
+
 __all__ = ["SessionKNN"]
 
 _STATE_VERSION = 1
+#: Smallest score worth recommending: anything positive.
+_TINY = 5e-324
 
 
 # Position weights of the current session's clicks (session-rec's ``weighting``): ``position`` is
@@ -155,6 +159,7 @@ class SessionKNN:
         *,
         remind: bool = True,
         normalize: bool = True,
+        neighbour_item_decay: float | None = None,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -170,6 +175,8 @@ class SessionKNN:
             raise ValueError(f"weighting_score must be one of {sorted(_STEP_WEIGHTS)}")
         if idf_weighting < 0:
             raise ValueError(f"idf_weighting must be >= 0, got {idf_weighting}")
+        if neighbour_item_decay is not None and neighbour_item_decay <= 0:
+            raise ValueError(f"neighbour_item_decay must be > 0, got {neighbour_item_decay}")
         self.k = k
         self.sample_size = sample_size
         self.max_sessions = max_sessions
@@ -181,6 +188,13 @@ class SessionKNN:
         self.normalize = normalize
         self._position_weight = _POSITION_WEIGHTS[weighting]
         self._step_weight = _STEP_WEIGHTS[weighting_score]
+        self.neighbour_item_decay = neighbour_item_decay
+        # exp(-distance / decay) for every distance two kept clicks of a session can have.
+        self._neighbour_decay = (
+            None
+            if neighbour_item_decay is None
+            else [math.exp(-d / neighbour_item_decay) for d in range(max_session_len)]
+        )
 
         # Sessions: external key <-> internal int id. Ids grow with creation order and are never
         # reused, so "larger id" means "created later", a deterministic last-resort tie-break.
@@ -188,7 +202,10 @@ class SessionKNN:
         self._key_of: dict[int, str] = {}
         self._next_sid = 0
         self._clicks_of: dict[int, deque[int]] = {}  # the kept clicks, oldest first
-        self._items_of: dict[int, dict[int, int]] = {}  # distinct item -> clicks in the window
+        # Distinct kept items -> number (since the session began) of the item's last click;
+        # differences of these numbers are distances in clicks, whatever was truncated.
+        self._items_of: dict[int, dict[int, int]] = {}
+        self._clicks_total_of: dict[int, int] = {}  # clicks ever appended
         self._ts_of: dict[int, int] = {}  # last event time, ms
         # Min-heap of (last ts, sid) with lazy deletion: entries whose ts is stale are skipped.
         self._by_age: list[tuple[int, int]] = []
@@ -239,6 +256,7 @@ class SessionKNN:
         self._key_of[sid] = session_key
         self._clicks_of[sid] = deque()
         self._items_of[sid] = {}
+        self._clicks_total_of[sid] = 0
         self._ts_of[sid] = ts
         heapq.heappush(self._by_age, (ts, sid))
         return sid
@@ -257,24 +275,25 @@ class SessionKNN:
     def _append_click(self, sid: int, iid: int) -> None:
         clicks = self._clicks_of[sid]
         items = self._items_of[sid]
+        click_no = self._clicks_total_of[sid]
+        self._clicks_total_of[sid] = click_no + 1
         clicks.append(iid)
-        held = items.get(iid, 0)
-        items[iid] = held + 1
-        if not held:
+        if iid not in items:
             self._sessions_of[iid].add(sid)
+        items[iid] = click_no
         count = self._clicks_count[iid] + 1
         self._clicks_count[iid] = count
         self._log_clicks[iid] = math.log(count)
         if len(clicks) > self.max_session_len:
-            self._drop_click(sid, clicks.popleft())
+            self._drop_oldest_click(sid)
 
-    def _drop_click(self, sid: int, iid: int) -> None:
-        """Forget one click of ``sid`` (already removed from its deque) everywhere it counts."""
+    def _drop_oldest_click(self, sid: int) -> None:
+        """Forget the oldest kept click of ``sid`` everywhere it counts."""
+        clicks = self._clicks_of[sid]
+        click_no = self._clicks_total_of[sid] - len(clicks)
+        iid = clicks.popleft()
         items = self._items_of[sid]
-        held = items[iid] - 1
-        if held:
-            items[iid] = held
-        else:
+        if items[iid] == click_no:  # it was the item's last click in the session
             del items[iid]
             self._sessions_of[iid].discard(sid)
         count = self._clicks_count[iid] - 1
@@ -293,10 +312,10 @@ class SessionKNN:
                 return
 
     def _evict(self, sid: int) -> None:
-        clicks = self._clicks_of.pop(sid)
-        while clicks:
-            self._drop_click(sid, clicks.popleft())
-        del self._items_of[sid], self._ts_of[sid]
+        while self._clicks_of[sid]:
+            self._drop_oldest_click(sid)
+        del self._clicks_of[sid], self._items_of[sid], self._clicks_total_of[sid]
+        del self._ts_of[sid]
         del self._sid_of[self._key_of.pop(sid)]
 
     # ------------------------------------------------------------------ scoring
@@ -327,83 +346,128 @@ class SessionKNN:
         length = len(session_items)
         if not length or n <= 0:
             return []
-        # Last position of each known item; a repeated item keeps its most recent weight.
+        # Last position of each known item (a repeated item keeps its most recent weight),
+        # most recent first.
         last_position: dict[int, int] = {}
         iid_of = self._iid_of
-        for position, item_id in enumerate(session_items):
-            iid = iid_of.get(item_id)
-            if iid is not None:
-                last_position.pop(iid, None)  # re-insert so dict order follows last position
+        for position in range(length - 1, -1, -1):
+            iid = iid_of.get(session_items[position])
+            if iid is not None and iid not in last_position:
                 last_position[iid] = position
         if not last_position:
             return []
         distinct = len(set(session_items))
-        position_weight = self._position_weight
-
-        # Similarity with every session sharing an item: one pass over the inverted index.
-        # Items go in order of position, so ``last_shared`` ends at each session's latest share.
-        similarity: dict[int, float] = {}
-        last_shared: dict[int, int] = {}
-        sessions_of = self._sessions_of
-        for iid, position in last_position.items():
-            weight = position_weight(position + 1, length) / distinct
-            for sid in sessions_of[iid]:
-                similarity[sid] = similarity.get(sid, 0.0) + weight
-                last_shared[sid] = position
+        similarity, last_shared = self._similarities(last_position, length, distinct)
         if exclude_session is not None:
             excluded = self._sid_of.get(exclude_session)
             if excluded is not None:
                 similarity.pop(excluded, None)
-
-        ts_of = self._ts_of
-
-        def recency(sid: int) -> tuple[int, int]:
-            return ts_of[sid], sid
-
-        def closeness(sid: int) -> tuple[float, int, int]:
-            return similarity[sid], ts_of[sid], sid
-
-        candidates: Sequence[int] = [sid for sid, sim in similarity.items() if sim > 0.0]
-        if self.sample_size and len(candidates) > self.sample_size:
-            candidates = heapq.nlargest(self.sample_size, candidates, key=recency)
-        # A full sort even when every candidate is a neighbour: summing the neighbours in a fixed
-        # order keeps float scores bit-identical whatever order the inverted index iterates in.
-        neighbours = sorted(candidates, key=closeness, reverse=True)[: self.k]
+        if not similarity:
+            return []
+        neighbours = self._neighbours(similarity)
 
         step_weight = self._step_weight
+        step_weights = [step_weight(length - position) for position in range(length)]
         items_of = self._items_of
+        decay = self._neighbour_decay
         scores: dict[int, float] = {}
+        get = scores.get
+        # Neighbours go in session-id order, so each item's sum is always added up in the same
+        # order and scores are bit-identical whatever order the index's sets iterate in.
         for sid in neighbours:
-            contribution = similarity[sid] * step_weight(length - last_shared[sid])
+            contribution = similarity[sid] * step_weights[last_shared[sid]]
             if contribution <= 0.0:
                 continue
-            for iid in items_of[sid]:
-                scores[iid] = scores.get(iid, 0.0) + contribution
+            neighbour_items = items_of[sid]
+            if decay is None:
+                for iid in neighbour_items:
+                    scores[iid] = get(iid, 0.0) + contribution
+            else:
+                # STAN's item neighbourhood: a neighbour's items count more the closer their last
+                # click lies to its last click on an item shared with the current session.
+                anchor = max([neighbour_items.get(iid, -1) for iid in last_position])
+                for iid, click_no in neighbour_items.items():
+                    scores[iid] = get(iid, 0.0) + contribution * decay[abs(click_no - anchor)]
         if not self.remind:
             for iid in last_position:
                 scores.pop(iid, None)
-        if not scores:
-            return []
-
         if self.idf_weighting:
+            # score * (1 + w * log(n_sessions / n_clicks)), with log(n_clicks) kept per item.
+            base = 1.0 + self.idf_weighting * math.log(len(self._ts_of))
             idf_weighting = self.idf_weighting
-            log_sessions = math.log(len(ts_of))
             log_clicks = self._log_clicks
-            for iid, score in scores.items():
-                scores[iid] = score * (1.0 + idf_weighting * (log_sessions - log_clicks[iid]))
+            scores = {
+                iid: score * (base - idf_weighting * log_clicks[iid])
+                for iid, score in scores.items()
+            }
         return self._top(scores, n)
+
+    def _similarities(
+        self, last_position: dict[int, int], length: int, distinct: int
+    ) -> tuple[dict[int, float], dict[int, int]]:
+        """Similarity of every session sharing an item, and the position of its latest share.
+
+        ``last_position`` lists the items most recent first, so the first item that brings a
+        session in is its most recent shared one. Sessions are added with C-level set and dict
+        operations; only sessions sharing several items go through a Python loop.
+        """
+        distinct_known = len(last_position)
+        position_weight = self._position_weight
+        sessions_of = self._sessions_of
+        similarity: dict[int, float] = {}
+        last_shared: dict[int, int] = {}
+        for iid, position in last_position.items():
+            weight = position_weight(position + 1, length) / distinct
+            if weight <= 0.0:
+                continue
+            holders = sessions_of[iid]
+            if not similarity:
+                similarity = dict.fromkeys(holders, weight)
+                last_shared = dict.fromkeys(holders, position)
+                continue
+            if distinct_known > 1:
+                shared = similarity.keys() & holders
+                for sid in shared:
+                    similarity[sid] += weight
+                fresh = holders - shared
+            else:
+                fresh = holders
+            similarity.update(dict.fromkeys(fresh, weight))
+            last_shared.update(dict.fromkeys(fresh, position))
+        return similarity, last_shared
+
+    def _neighbours(self, similarity: dict[int, float]) -> list[int]:
+        """The ``k`` most similar of the ``sample_size`` most recent candidates, by session id.
+
+        Ties in similarity go to the more recent session (then the later created one). The
+        result is sorted by internal session id, a total order that survives
+        :meth:`to_state`/:meth:`from_state`, so scores are summed in the same order whatever
+        order the inverted index's sets iterate in and stay bit-identical.
+        """
+        count = len(similarity)
+        if count <= self.k and (not self.sample_size or count <= self.sample_size):
+            return sorted(similarity)
+        sids = np.fromiter(similarity, dtype=np.int64, count=count)
+        sims = np.fromiter(similarity.values(), dtype=float, count=count)
+        last_ts = np.fromiter(map(self._ts_of.__getitem__, similarity), np.int64, count)
+        if self.sample_size and count > self.sample_size:
+            recent = np.lexsort((sids, last_ts))[-self.sample_size :]
+            sids, sims, last_ts = sids[recent], sims[recent], last_ts[recent]
+        if len(sids) > self.k:
+            closest = np.lexsort((sids, last_ts, sims))[-self.k :]
+            sids = sids[closest]
+        return sorted(sids.tolist())
 
     def _top(self, scores: dict[int, float], n: int) -> list[tuple[str, float]]:
         """Best ``n`` items by score, ties to the smaller item id string; positive scores only."""
+        threshold = _TINY
         if len(scores) > n:
-            threshold = heapq.nlargest(n, scores.values())[-1]
-            pool = [(iid, s) for iid, s in scores.items() if s >= threshold and s > 0.0]
-        else:
-            pool = [(iid, s) for iid, s in scores.items() if s > 0.0]
-        if not pool:
-            return []
+            # A C-level sort of the floats beats heapq.nlargest's Python loop at these sizes.
+            threshold = max(sorted(scores.values(), reverse=True)[n - 1], _TINY)
         key_of = self._item_key_of
-        ranked = sorted(((-s, key_of[iid]) for iid, s in pool))[:n]
+        ranked = sorted([(-s, key_of[iid]) for iid, s in scores.items() if s >= threshold])[:n]
+        if not ranked:
+            return []
         top = -ranked[0][0] if self.normalize else 1.0
         return [(item_id, -neg / top) for neg, item_id in ranked]
 
@@ -428,6 +492,7 @@ class SessionKNN:
                 "idf_weighting": self.idf_weighting,
                 "remind": self.remind,
                 "normalize": self.normalize,
+                "neighbour_item_decay": self.neighbour_item_decay,
             },
             "sessions": [
                 [self._key_of[sid], self._ts_of[sid], [key_of[iid] for iid in clicks]]

@@ -96,6 +96,9 @@ class Engine:
         self._served: OrderedDict[str, ServedPage] = OrderedDict()
         self._served_limit = served_cache_pages
         self.watermark = 0
+        #: False freezes every model (kNN index, trending, ranker, churn, bandit): user state
+        #: still advances. Frozen evaluation learns from the training part only.
+        self.learning = True
 
     # -- entry points ------------------------------------------------------------------
 
@@ -252,8 +255,9 @@ class Engine:
         for pending in state.pending.values():
             self._learn_rank(pending.features, False, pending.artwork_id, state)
         churned = not state.has_played
-        for snapshot in state.churn_snapshots:
-            self.models.churn.learn_vector(snapshot, churned)
+        if self.learning:
+            for snapshot in state.churn_snapshots:
+                self.models.churn.learn_vector(snapshot, churned)
         self.counters["sessions_ended"] += 1
         self.counters["sessions_ended_without_play"] += int(churned)
         state.sessions_total += 1
@@ -323,17 +327,41 @@ class Engine:
     def _learn_rank(
         self, features: list[float], positive: bool, artwork_id: str | None, state: UserState
     ) -> None:
+        if not self.learning:
+            return
         self.models.ranker.learn_vector(features, positive)
         self.counters["labels_positive" if positive else "labels_negative"] += 1
         if artwork_id is not None:
             self.models.bandit.update(artwork_id, positive, context=state.device or "")
 
     def _update_indexes(self, state: UserState, event: BehaviourEvent) -> None:
-        if event.type in SEQUENCE_TYPES and event.item_id is not None:
+        if self.learning and event.type in SEQUENCE_TYPES and event.item_id is not None:
             self.models.knn.add_item(
                 session_key(state.user_id, state.session_id), event.item_id, event.ts
             )
             self.models.trending.add(event.item_id, event.ts, _TRENDING_WEIGHTS[event.type])
+
+    def next_item_candidates(self, state: UserState, n: int = 20) -> list[tuple[str, float]]:
+        """The engine's ranked next-item list for a session: session-kNN, then trending.
+
+        This is what offline next-item evaluation scores (HitRate@n, MRR@n); items already in
+        the session are kept, as in the published session-based evaluation protocol.
+        """
+        ranked: list[tuple[str, float]] = []
+        if state.last_items:
+            ranked = self.models.knn.recommend(
+                state.last_items, n, exclude_session=session_key(state.user_id, state.session_id)
+            )
+        if len(ranked) < n:
+            have = {item_id for item_id, _ in ranked}
+            floor = ranked[-1][1] if ranked else 1.0
+            for item_id, _ in self.models.trending.top(n + len(have), self.watermark):
+                if item_id not in have:
+                    floor *= 0.999  # below every kNN score, in popularity order
+                    ranked.append((item_id, floor))
+                    if len(ranked) >= n:
+                        break
+        return ranked[:n]
 
     # -- churn -----------------------------------------------------------------------------
 

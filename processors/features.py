@@ -58,7 +58,6 @@ RANK_FEATURE_NAMES: tuple[str, ...] = (
     "impressions_item_session_log",
     "scroll_pasts_item_session_log",
     "clicked_item_session",
-    "artwork_click_rate",
     "mobile_x_duration_log",
     "unknown_item",
 )
@@ -179,7 +178,6 @@ def rank_features(
     item_id: str,
     item: CatalogItem | None,
     signals: CandidateSignals,
-    artwork_click_rate: float,
 ) -> list[float]:
     """Session-by-item feature row in ``RANK_FEATURE_NAMES`` order."""
     log1p = math.log1p
@@ -200,7 +198,6 @@ def rank_features(
         log1p(state.session_impressed.get(item_id, 0)),
         log1p(state.session_scrolled.get(item_id, 0)),
         1.0 if item_id in state.session_clicked else 0.0,
-        artwork_click_rate,
         duration_log if context.device_is_mobile else 0.0,
         1.0 if item is None else 0.0,
     ]

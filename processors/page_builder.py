@@ -91,7 +91,7 @@ class PageBuilder:
             trending_score=self.trending.score(item_id, now),
             resume_progress=state.continue_watching.get(item_id, 0.0),
         )
-        return rank_features(state, context, item_id, self.catalog.get(item_id), signals, 0.0)
+        return rank_features(state, context, item_id, self.catalog.get(item_id), signals)
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -196,35 +196,51 @@ class PageBuilder:
 
         item_ids = tuple(signals)
         trending_scores = dict(trending_top)
-        device_context = state.device or ""
-        artworks: dict[str, str | None] = {}
         rows: list[list[float]] = []
         catalog_get = self.catalog.get
+        trending_score = self.trending.score
         for item_id in item_ids:
             item = catalog_get(item_id)
             item_signals = signals[item_id]
-            if item_id in trending_scores:
-                item_signals.trending_score = trending_scores[item_id]
-            else:
-                item_signals.trending_score = self.trending.score(item_id, now)
-            artwork_id = None
-            if item is not None and item.artworks:
-                artwork_id = self.bandit.choose(
-                    item_id, item.artworks, context=device_context, draw_key=recommendation_id
-                )
-            artworks[item_id] = artwork_id
-            artwork_rate = (
-                self.bandit.mean(artwork_id, device_context) if artwork_id is not None else 0.0
+            known = trending_scores.get(item_id)
+            item_signals.trending_score = (
+                known if known is not None else trending_score(item_id, now)
             )
-            rows.append(rank_features(state, context, item_id, item, item_signals, artwork_rate))
+            rows.append(rank_features(state, context, item_id, item, item_signals))
         features = np.asarray(rows, dtype=np.float64)
         scores = self._scores(features, context)
         score_of = dict(zip(item_ids, scores.tolist(), strict=True))
 
         best = sorted(item_ids, key=lambda item_id: (-score_of[item_id], item_id))
         plans.append(_RowPlan("top-picks", "Top picks for you", best[: config.row_size * 2]))
-        page_rows = self._arrange(plans, score_of, artworks)
+        arranged = self._arrange(plans, score_of)
+        page_rows = self._with_artworks(arranged, state.device or "", recommendation_id)
         return page_rows, item_ids, features.astype(np.float32)
+
+    def _with_artworks(
+        self,
+        arranged: list[tuple[_RowPlan, list[tuple[str, float]]]],
+        device_context: str,
+        recommendation_id: str,
+    ) -> tuple[PageRow, ...]:
+        """Choose every placed item's artwork in one bandit draw, then render the rows."""
+        catalog_get = self.catalog.get
+        placed: list[tuple[str, tuple[str, ...]]] = []
+        for _, items in arranged:
+            for item_id, _ in items:
+                item = catalog_get(item_id)
+                placed.append((item_id, item.artworks if item is not None else ()))
+        chosen = iter(
+            self.bandit.choose_many(placed, context=device_context, draw_key=recommendation_id)
+        )
+        return tuple(
+            PageRow(
+                plan.row_id,
+                plan.title,
+                tuple(PageItem(item_id, round(score, 6), next(chosen)) for item_id, score in items),
+            )
+            for plan, items in arranged
+        )
 
     def _scores(self, features: np.ndarray, context: RankingContext) -> np.ndarray:
         """Ranker probabilities, blended with a heuristic prior while the ranker is cold."""
@@ -264,11 +280,8 @@ class PageBuilder:
         return list(chosen)
 
     def _arrange(
-        self,
-        plans: list[_RowPlan],
-        score_of: dict[str, float],
-        artworks: dict[str, str | None],
-    ) -> tuple[PageRow, ...]:
+        self, plans: list[_RowPlan], score_of: dict[str, float]
+    ) -> list[tuple[_RowPlan, list[tuple[str, float]]]]:
         """Order rows by predicted engagement and fill them, each title once per page."""
         row_size = self.config.row_size
         for plan in plans:
@@ -280,21 +293,21 @@ class PageBuilder:
             plan.score = sum(top) / len(top) if top else 0.0
         plans.sort(key=lambda plan: (-plan.score, plan.row_id))
         placed: set[str] = set()
-        rows: list[PageRow] = []
+        rows: list[tuple[_RowPlan, list[tuple[str, float]]]] = []
         for plan in plans:
             items = []
             for item_id in plan.item_ids:
                 if item_id in placed:
                     continue
                 placed.add(item_id)
-                items.append(PageItem(item_id, round(score_of[item_id], 6), artworks.get(item_id)))
+                items.append((item_id, score_of[item_id]))
                 if len(items) >= row_size:
                     break
             if items:
-                rows.append(PageRow(plan.row_id, plan.title, tuple(items)))
+                rows.append((plan, items))
             if len(rows) >= self.config.page_rows:
                 break
-        return tuple(rows)
+        return rows
 
     # -- the holdout's non-personalized page ---------------------------------------------
 
