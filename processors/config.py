@@ -53,8 +53,8 @@ class EngineConfig:
     #: Alert when churn risk reaches the threshold; re-arm once it falls below ``churn_rearm``.
     churn_threshold: float = 0.7
     churn_rearm: float = 0.5
-    #: No churn alerts until the churn model has learned from this many ended sessions.
-    churn_min_sessions: int = 30
+    #: No churn alerts until the churn model has learned this many labelled session snapshots.
+    churn_min_labels: int = 100
     #: Churn feature snapshots kept per session for learning when the session ends.
     churn_snapshots: int = 4
     #: Event types that trigger a new page. Impressions are left out by default: they are what a

@@ -383,7 +383,7 @@ class Engine:
             if risk < config.churn_rearm:
                 state.churn_alerted = False
             return None
-        if risk < config.churn_threshold or churn.n_learned < config.churn_min_sessions:
+        if risk < config.churn_threshold or churn.n_learned < config.churn_min_labels:
             return None
         state.churn_alerted = True
         reasons = tuple(name for name, weight in churn.contributions(named)[:3] if weight > 0)

@@ -282,31 +282,42 @@ class PageBuilder:
     def _arrange(
         self, plans: list[_RowPlan], score_of: dict[str, float]
     ) -> list[tuple[_RowPlan, list[tuple[str, float]]]]:
-        """Order rows by predicted engagement and fill them, each title once per page."""
+        """Order rows by predicted engagement and fill them, each title once per page.
+
+        Greedy: the next row is the one whose best *still unplaced* items score highest, so a
+        row is ranked on what it will really show, not on titles a better row already took.
+        """
         row_size = self.config.row_size
+        remaining = []
         for plan in plans:
             plan.item_ids = sorted(
                 (item_id for item_id in plan.item_ids if item_id in score_of),
                 key=lambda item_id: (-score_of[item_id], item_id),
             )
-            top = [score_of[item_id] for item_id in plan.item_ids[:_ROW_SCORE_TOP]]
-            plan.score = sum(top) / len(top) if top else 0.0
-        plans.sort(key=lambda plan: (-plan.score, plan.row_id))
+            if plan.item_ids:
+                remaining.append(plan)
         placed: set[str] = set()
         rows: list[tuple[_RowPlan, list[tuple[str, float]]]] = []
-        for plan in plans:
+        while remaining and len(rows) < self.config.page_rows:
+            for plan in remaining:
+                top = []
+                for item_id in plan.item_ids:
+                    if item_id not in placed:
+                        top.append(score_of[item_id])
+                        if len(top) == _ROW_SCORE_TOP:
+                            break
+                plan.score = sum(top) / len(top) if top else -1.0
+            best = min(remaining, key=lambda plan: (-plan.score, plan.row_id))
+            remaining.remove(best)
             items = []
-            for item_id in plan.item_ids:
-                if item_id in placed:
-                    continue
-                placed.add(item_id)
-                items.append((item_id, score_of[item_id]))
-                if len(items) >= row_size:
-                    break
+            for item_id in best.item_ids:
+                if item_id not in placed:
+                    placed.add(item_id)
+                    items.append((item_id, score_of[item_id]))
+                    if len(items) >= row_size:
+                        break
             if items:
-                rows.append((plan, items))
-            if len(rows) >= self.config.page_rows:
-                break
+                rows.append((best, items))
         return rows
 
     # -- the holdout's non-personalized page ---------------------------------------------

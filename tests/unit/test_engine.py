@@ -273,7 +273,7 @@ def test_holdout_gets_the_same_popularity_page_for_everyone() -> None:
 
 def test_churn_learns_from_session_endings_and_alerts_once() -> None:
     """Sessions full of scroll-pasts end without a play; the model learns it and alerts once."""
-    engine = _engine(churn_min_sessions=20, churn_threshold=0.6, churn_rearm=0.3)
+    engine = _engine(churn_min_labels=60, churn_threshold=0.6, churn_rearm=0.3)
     states: dict[str, UserState] = {}
     ts = T0
     for session in range(120):
@@ -355,3 +355,32 @@ def test_pages_depend_on_event_time_not_the_wall_clock() -> None:
     replayed, live = last_page(0), last_page(3 * 365 * 86_400_000)
     assert [row.items for row in live.rows] == [row.items for row in replayed.rows]
     assert live.generated_at - replayed.generated_at == 3 * 365 * 86_400_000
+
+
+def test_continue_watching_row_leads_after_a_pause() -> None:
+    engine = _engine()
+    states: dict[str, UserState] = {}
+    _warm_trending(engine, states)
+    engine.process_raw(encode_event(_event("mo", "play", T0, "drama-3")), states, now=T0)
+    page = engine.process_raw(
+        encode_event(_event("mo", "pause", T0 + 1000, "drama-3", progress=0.4)), states, now=T0
+    ).page
+    assert page is not None
+    rows = {row.row_id: row for row in page.rows}
+    assert [item.item_id for item in rows["continue-watching"].items] == ["drama-3"]
+
+
+def test_rows_are_ordered_by_predicted_engagement() -> None:
+    from processors.page_builder import _RowPlan
+
+    engine = _engine()
+    plans = [
+        _RowPlan("low", "Low", ["a", "b", "c"]),
+        _RowPlan("high", "High", ["d", "e", "a"]),
+        _RowPlan("mid", "Mid", ["f", "b"]),
+    ]
+    score_of = {"a": 0.9, "b": 0.2, "c": 0.1, "d": 0.8, "e": 0.7, "f": 0.5}
+    arranged = engine.pages._arrange(plans, score_of)
+    assert [plan.row_id for plan, _ in arranged] == ["high", "mid", "low"]
+    placed = [item_id for _, items in arranged for item_id, _ in items]
+    assert placed == ["a", "d", "e", "f", "b", "c"], "best first within a row; each item once"
