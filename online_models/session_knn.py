@@ -98,8 +98,9 @@ class SessionKNN:
     ``sample_size`` most recent (by last event time) are candidates and the ``k`` most similar
     are neighbours. Each neighbour adds ``similarity * weighting_score(step)`` to each of its
     items, ``step`` being how many clicks back the most recent shared click lies; an item's sum is
-    multiplied by ``1 + idf_weighting * log(n_sessions / n_clicks(item))`` so rare items shared
-    with a neighbour count for more than ubiquitous ones; scores are divided by the best one.
+    multiplied by ``1 + idf_weighting * max(0, log(n_sessions / n_clicks(item)))`` so rare items
+    shared with a neighbour count for more than ubiquitous ones; scores are divided by the best
+    one.
 
     The index is online: :meth:`add_item` appends one event. Memory is bounded by
     ``max_sessions`` (the session with the oldest last event is evicted) and ``max_session_len``
@@ -133,18 +134,42 @@ class SessionKNN:
         frequent in e-commerce logs).
     normalize
         Divide scores by the top score, so the best item scores ``1.0``.
+    neighbour_item_decay
+        Optional, off by default (``None``), so the defaults reproduce published V-SKNN. When
+        set to ``lambda`` (in clicks), a neighbour's item counts ``exp(-d / lambda)`` times,
+        ``d`` being how many clicks separate its last click from the neighbour's last click on
+        an item shared with the current session: the item-neighbourhood weighting of STAN
+        (Garg et al., SIGIR 2019) and V-STAN. With ``weighting_score="quadratic"`` and
+        ``neighbour_item_decay=4.0`` (chosen on a validation split of the training data) it
+        lifts YOOCHOOSE-100k HitRate@20 / MRR@20 from 0.688 / 0.367 to 0.692 / 0.375.
+
+    Notes
+    -----
+    Where this differs from session-rec's ``VMContextKNN``: ties at the ``k``-th neighbour go to
+    the more recent session (session-rec's order depends on Python set iteration; on the
+    YOOCHOOSE-100k reference lists this is the only source of differences); the idf counts the
+    clicks the index holds now, not those of a fixed training set, and is clamped at zero;
+    sessions longer than ``max_session_len`` are truncated; the ``linear`` weightings decay
+    to zero and stay there (session-rec's position weighting zeroes every click after the
+    tenth, its score weighting turns negative after ten steps).
 
     Examples
     --------
-    >>> knn = SessionKNN(k=10)
+    >>> knn = SessionKNN(k=10, idf_weighting=0.0)
     >>> knn.add_session("s1", ["a", "b", "c"], ts=1_000)
     >>> knn.add_session("s2", ["a", "d"], ts=2_000)
     >>> len(knn)
     2
-    >>> [item for item, _ in knn.recommend(["a"], n=3, )]
-    ['a', 'd', 'b']
-    >>> knn.recommend(["c"], n=2, remind_items=False) if False else knn.recommend(["c"], n=2)
-    [('b', 1.0), ('c', 1.0)]
+    >>> knn.recommend(["a"], n=3)
+    [('a', 1.0), ('b', 0.5), ('c', 0.5)]
+
+    The idf boost (on by default) favours the rarer items shared with neighbours:
+
+    >>> boosted = SessionKNN(k=10)
+    >>> boosted.add_session("s1", ["a", "b", "c"], ts=1_000)
+    >>> boosted.add_session("s2", ["a", "d"], ts=2_000)
+    >>> boosted.recommend(["a"], n=3)
+    [('b', 1.0), ('c', 1.0), ('d', 1.0)]
     """
 
     def __init__(
@@ -189,12 +214,12 @@ class SessionKNN:
         self._position_weight = _POSITION_WEIGHTS[weighting]
         self._step_weight = _STEP_WEIGHTS[weighting_score]
         self.neighbour_item_decay = neighbour_item_decay
-        # exp(-distance / decay) for every distance two kept clicks of a session can have.
-        self._neighbour_decay = (
-            None
-            if neighbour_item_decay is None
-            else [math.exp(-d / neighbour_item_decay) for d in range(max_session_len)]
-        )
+        # exp(-|d| / decay) for every signed distance d two kept clicks can have, laid out so
+        # that Python's negative indexing finds -d: no abs() call in the scoring loop.
+        self._neighbour_decay: list[float] | None = None
+        if neighbour_item_decay is not None:
+            ahead = [math.exp(-d / neighbour_item_decay) for d in range(max_session_len)]
+            self._neighbour_decay = ahead + ahead[:0:-1]
 
         # Sessions: external key <-> internal int id. Ids grow with creation order and are never
         # reused, so "larger id" means "created later", a deterministic last-resort tie-break.
@@ -356,8 +381,7 @@ class SessionKNN:
                 last_position[iid] = position
         if not last_position:
             return []
-        distinct = len(set(session_items))
-        similarity, last_shared = self._similarities(last_position, length, distinct)
+        similarity, last_shared = self._similarities(last_position, length)
         if exclude_session is not None:
             excluded = self._sid_of.get(exclude_session)
             if excluded is not None:
@@ -366,10 +390,14 @@ class SessionKNN:
             return []
         neighbours = self._neighbours(similarity)
 
+        # session-rec divides similarities by the number of distinct current items (unknown
+        # ones included); a common factor, so it is applied here rather than to each sum.
         step_weight = self._step_weight
-        step_weights = [step_weight(length - position) for position in range(length)]
+        per_distinct = 1.0 / len(set(session_items))
+        step_weights = [step_weight(length - position) * per_distinct for position in range(length)]
         items_of = self._items_of
         decay = self._neighbour_decay
+        absent = [-1] * len(last_position)  # .get default for current items a neighbour lacks
         scores: dict[int, float] = {}
         get = scores.get
         # Neighbours go in session-id order, so each item's sum is always added up in the same
@@ -385,39 +413,43 @@ class SessionKNN:
             else:
                 # STAN's item neighbourhood: a neighbour's items count more the closer their last
                 # click lies to its last click on an item shared with the current session.
-                anchor = max([neighbour_items.get(iid, -1) for iid in last_position])
+                anchor = max(map(neighbour_items.get, last_position, absent))
                 for iid, click_no in neighbour_items.items():
-                    scores[iid] = get(iid, 0.0) + contribution * decay[abs(click_no - anchor)]
+                    scores[iid] = get(iid, 0.0) + contribution * decay[click_no - anchor]
         if not self.remind:
             for iid in last_position:
                 scores.pop(iid, None)
         if self.idf_weighting:
-            # score * (1 + w * log(n_sessions / n_clicks)), with log(n_clicks) kept per item.
+            # score * (1 + w * max(0, log(n_sessions / n_clicks))), log(n_clicks) kept per item.
+            # session-rec counts clicks, not sessions, so an item clicked more often than there
+            # are sessions would get a negative idf; the clamp leaves real data unchanged.
             base = 1.0 + self.idf_weighting * math.log(len(self._ts_of))
             idf_weighting = self.idf_weighting
             log_clicks = self._log_clicks
+            # (A conditional expression: builtin max() costs three times as much per item here.)
             scores = {
-                iid: score * (base - idf_weighting * log_clicks[iid])
+                iid: score * (boost if (boost := base - idf_weighting * log_clicks[iid]) > 1 else 1)
                 for iid, score in scores.items()
             }
         return self._top(scores, n)
 
     def _similarities(
-        self, last_position: dict[int, int], length: int, distinct: int
+        self, last_position: dict[int, int], length: int
     ) -> tuple[dict[int, float], dict[int, int]]:
         """Similarity of every session sharing an item, and the position of its latest share.
 
-        ``last_position`` lists the items most recent first, so the first item that brings a
-        session in is its most recent shared one. Sessions are added with C-level set and dict
-        operations; only sessions sharing several items go through a Python loop.
+        Similarities are not yet divided by the number of distinct current items, which does
+        not change their order. ``last_position`` lists the items most recent first, so the
+        first item that brings a session in is its most recent shared one. Sessions are added
+        with C-level set and dict operations; only sessions sharing several items go through a
+        Python loop.
         """
-        distinct_known = len(last_position)
         position_weight = self._position_weight
         sessions_of = self._sessions_of
         similarity: dict[int, float] = {}
         last_shared: dict[int, int] = {}
         for iid, position in last_position.items():
-            weight = position_weight(position + 1, length) / distinct
+            weight = position_weight(position + 1, length)
             if weight <= 0.0:
                 continue
             holders = sessions_of[iid]
@@ -425,13 +457,10 @@ class SessionKNN:
                 similarity = dict.fromkeys(holders, weight)
                 last_shared = dict.fromkeys(holders, position)
                 continue
-            if distinct_known > 1:
-                shared = similarity.keys() & holders
-                for sid in shared:
-                    similarity[sid] += weight
-                fresh = holders - shared
-            else:
-                fresh = holders
+            shared = similarity.keys() & holders
+            for sid in shared:
+                similarity[sid] += weight
+            fresh = holders - shared
             similarity.update(dict.fromkeys(fresh, weight))
             last_shared.update(dict.fromkeys(fresh, position))
         return similarity, last_shared

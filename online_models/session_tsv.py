@@ -54,7 +54,8 @@ def read_session_tsv(path: str | PathLike[str]) -> Iterator[tuple[str, str, int]
             item_col = header.index("ItemId")
             time_col = header.index("Time")
         except ValueError as missing:
-            raise ValueError(f"{path}: header {header!r} needs SessionId, ItemId, Time") from missing
+            message = f"{path}: header {header!r} needs SessionId, ItemId, Time"
+            raise ValueError(message) from missing
         width = max(session_col, item_col, time_col) + 1
         for line_no, line in enumerate(lines, start=2):
             line = line.rstrip("\r\n")
