@@ -23,6 +23,8 @@ def build_models(config: EngineConfig) -> EngineModels:
             k=config.knn_k,
             sample_size=config.knn_sample_size,
             max_sessions=config.knn_max_sessions,
+            weighting_score=config.knn_weighting_score,
+            neighbour_item_decay=config.knn_neighbour_item_decay or None,
         ),
         trending=Trending(half_life_ms=config.trending_half_life_ms),
         ranker=OnlineLogistic(RANK_FEATURE_NAMES, lr=0.05),

@@ -42,6 +42,12 @@ class EngineConfig:
     knn_k: int = 500
     knn_sample_size: int = 5000
     knn_max_sessions: int = 100_000
+    #: Session-kNN weight of a neighbour by how recent the shared click is (``div`` is
+    #: published V-SKNN) and STAN's decay of a neighbour's items by their distance in clicks
+    #: from the shared one (``None`` or ``0``: off). Chosen on a validation split of the
+    #: YOOCHOOSE-100k training data; see BENCHMARKS.md, "Offline evaluation (issue 4)".
+    knn_weighting_score: str = "quadratic"
+    knn_neighbour_item_decay: float | None = 4.0
     #: Trending popularity half-life (event time).
     trending_half_life_ms: int = 3_600_000
     #: Candidates asked from each source before ranking.
