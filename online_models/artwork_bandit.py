@@ -197,26 +197,47 @@ class ArtworkBandit:
         params = self._params.get(context)
         if params is None or len(params) > self.max_artworks:
             params = self._params[context] = {}
-        posterior = self._posterior
-        widest = 0
-        for _, artworks in items:
-            if len(artworks) > widest:
-                widest = len(artworks)
+        widths = [len(artworks) for _, artworks in items]
+        widest = max(widths, default=0)
         if widest <= 1:
             return [artworks[0] if artworks else None for _, artworks in items]
-        alphas = np.ones((len(items), widest))
-        betas = np.ones((len(items), widest))
-        for row, (_, artworks) in enumerate(items):
-            if len(artworks) > 1:
-                for column, artwork_id in enumerate(artworks):
-                    pair = params.get(artwork_id)
+        n_items = len(items)
+        # Items with one artwork (or none) keep Beta(1, 1) draws: the draw stream, and so every
+        # choice, is the same as drawing each item separately with the same parameters.
+        uniform = widths.count(widest) == n_items
+        if uniform:
+            drawn = [artwork_id for _, artworks in items for artwork_id in artworks]
+        else:
+            drawn = [
+                artwork_id for _, artworks in items if len(artworks) > 1 for artwork_id in artworks
+            ]
+        pairs = list(map(params.get, drawn))
+        if None in pairs:
+            posterior = self._posterior
+            for index, pair in enumerate(pairs):
+                if pair is None:
+                    artwork_id = drawn[index]
+                    pair = params.get(artwork_id)  # an artwork may repeat on a page
                     if pair is None:
                         pair = params[artwork_id] = posterior(artwork_id, context)
-                    alphas[row, column], betas[row, column] = pair
+                    pairs[index] = pair
+        alpha_values = np.array([pair[0] for pair in pairs], dtype=np.float64)
+        beta_values = np.array([pair[1] for pair in pairs], dtype=np.float64)
+        if uniform:
+            alphas = alpha_values.reshape(n_items, widest)
+            betas = beta_values.reshape(n_items, widest)
+        else:
+            width = np.array(widths)
+            cells = np.arange(widest) < width[:, None]
+            filled = cells & (width[:, None] > 1)
+            alphas = np.ones((n_items, widest))
+            betas = np.ones((n_items, widest))
+            alphas[filled] = alpha_values
+            betas[filled] = beta_values
         self._reseed(draw_key, "")
         draws = self._generator.beta(alphas, betas)
-        for row, (_, artworks) in enumerate(items):
-            draws[row, len(artworks) :] = -1.0  # padding never wins
+        if not uniform:
+            draws[~cells] = -1.0  # padding never wins
         best = draws.argmax(axis=1).tolist()
         return [
             artworks[best[row]] if artworks else None for row, (_, artworks) in enumerate(items)

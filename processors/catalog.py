@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 from schemas.messages import CatalogItem
 
 __all__ = ["Catalog"]
+
+#: Item changes remembered for readers that keep derived arrays in step (``changes_since``).
+_CHANGE_LOG = 4096
 
 
 class Catalog:
@@ -25,13 +29,16 @@ class Catalog:
     True
     """
 
-    __slots__ = ("_by_genre", "_genre_cache", "_items", "max_items")
+    __slots__ = ("_by_genre", "_changes", "_genre_cache", "_items", "max_items", "version")
 
     def __init__(self, max_items: int = 1_000_000) -> None:
         self.max_items = max_items
         self._items: dict[str, CatalogItem] = {}
         self._by_genre: dict[str, dict[str, None]] = {}
         self._genre_cache: dict[str, tuple[str, ...]] = {}
+        #: Bumped once per item added, replaced or evicted (see ``changes_since``).
+        self.version = 0
+        self._changes: deque[str] = deque(maxlen=_CHANGE_LOG)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,7 +61,9 @@ class Catalog:
         elif len(self._items) >= self.max_items:
             oldest = next(iter(self._items))
             self._unindex(self._items.pop(oldest))
+            self._changed(oldest)
         self._items[item.item_id] = item
+        self._changed(item.item_id)
         for genre in item.genres:
             self._by_genre.setdefault(genre, {})[item.item_id] = None
             self._genre_cache.pop(genre, None)
@@ -84,6 +93,22 @@ class Catalog:
     def genres(self) -> tuple[str, ...]:
         """Every genre that has at least one item."""
         return tuple(genre for genre, items in self._by_genre.items() if items)
+
+    def changes_since(self, version: int) -> list[str] | None:
+        """Ids of the items changed since ``version`` (oldest first, repeats possible).
+
+        None when the log no longer reaches back that far: the reader rebuilds from scratch.
+        Lets the page builder keep its per-item arrays in step without a full rebuild per
+        catalog message.
+        """
+        steps = self.version - version
+        if steps < 0 or steps > len(self._changes):
+            return None
+        return list(self._changes)[len(self._changes) - steps :] if steps else []
+
+    def _changed(self, item_id: str) -> None:
+        self.version += 1
+        self._changes.append(item_id)
 
     def _unindex(self, item: CatalogItem) -> None:
         for genre in item.genres:

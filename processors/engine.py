@@ -7,21 +7,29 @@ here reads a clock: ``now`` is passed in (wall-clock ms live, event time in repl
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.attribution import ArmMetrics
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import ArmAssigner
 from processors.features import SESSION_FEATURE_NAMES, session_features
 from processors.ids import stable_id
-from processors.page_builder import PageBuilder, ServedPage, session_key
+from processors.page_builder import PageBuilder, ServedFeatures, session_key
 from processors.ports import ArtworkChooser, BinaryLearner, NextItemIndex, Popularity
 from processors.session_window import SEQUENCE_TYPES, update_window
 from processors.user_state import PendingImpression, UserState
-from schemas.codec import DecodeError, decode_catalog_item, decode_event
+from schemas.codec import (
+    DEFAULT_LIMITS,
+    CodecLimits,
+    DecodeError,
+    decode_catalog_item,
+    decode_event,
+)
 from schemas.messages import BehaviourEvent, CatalogItem, ChurnAlert, DeadLetter, Page
 
 __all__ = ["Effects", "Engine", "EngineModels", "SourcePosition"]
@@ -82,8 +90,11 @@ class Engine:
         catalog: Catalog | None = None,
         *,
         served_cache_pages: int = 20_000,
+        limits: CodecLimits = DEFAULT_LIMITS,
     ) -> None:
         self.config = config
+        #: Size bounds for decoding input; larger input becomes a dead letter, not truncated.
+        self.limits = limits
         self.models = models
         self.catalog = catalog if catalog is not None else Catalog()
         self.arms = ArmAssigner(config.experiment_name, config.arms)
@@ -93,12 +104,14 @@ class Engine:
         self.counters: Counter[str] = Counter()
         #: Serve-time features of recent pages, so labels learn from what was served. In memory
         #: only: after a restart, labels fall back to features recomputed at impression time.
-        self._served: OrderedDict[str, ServedPage] = OrderedDict()
+        self._served: OrderedDict[str, ServedFeatures] = OrderedDict()
         self._served_limit = served_cache_pages
         self.watermark = 0
         #: False freezes every model (kNN index, trending, ranker, churn, bandit): user state
         #: still advances. Frozen evaluation learns from the training part only.
         self.learning = True
+        #: Per-arm outcome metrics (impression→click, plays, sessions without a play, ...).
+        self.arm_metrics = ArmMetrics()
 
     # -- entry points ------------------------------------------------------------------
 
@@ -132,7 +145,7 @@ class Engine:
     ) -> BehaviourEvent | DeadLetter:
         """Decode one event, or return the dead letter that says why it cannot be used."""
         try:
-            return decode_event(raw, content_type=content_type)
+            return decode_event(raw, content_type=content_type, limits=self.limits)
         except DecodeError as error:
             return self._dead_letter(raw, str(error), now, source, "decode")
 
@@ -176,6 +189,7 @@ class Engine:
         if event.type in config.page_trigger_types:
             effects.page = self._serve_page(state, event, now)
         self.counters["events_accepted"] += 1
+        self.arm_metrics.observe(effects)
         return effects
 
     def apply_catalog(self, item: CatalogItem) -> None:
@@ -188,7 +202,7 @@ class Engine:
     ) -> DeadLetter | None:
         """Decode and apply a catalog message; returns a dead letter if it is unusable."""
         try:
-            item = decode_catalog_item(raw)
+            item = decode_catalog_item(raw, limits=self.limits)
         except DecodeError as error:
             return self._dead_letter(raw, str(error), now, source, "catalog")
         self.apply_catalog(item)
@@ -261,6 +275,7 @@ class Engine:
         self.counters["sessions_ended"] += 1
         self.counters["sessions_ended_without_play"] += int(churned)
         state.sessions_total += 1
+        self.arm_metrics.session_ended(state)
         state.reset_session()
 
     # -- learning from outcomes --------------------------------------------------------
@@ -372,7 +387,7 @@ class Engine:
         config = self.config
         vector = session_features(state, event.ts, config)
         snapshots = state.churn_snapshots
-        snapshots.append(vector)
+        snapshots.append(array("d", vector))
         if len(snapshots) > config.churn_snapshots:
             del snapshots[1]  # keep the session's first view and the latest ones
         churn = self.models.churn
@@ -409,7 +424,7 @@ class Engine:
             generated_at=now,
         )
         if len(served.item_ids):
-            self._served[recommendation_id] = served
+            self._served[recommendation_id] = served.for_labels()  # no Page kept: memory
             if len(self._served) > self._served_limit:
                 self._served.popitem(last=False)
         state.last_recommendation_id = recommendation_id

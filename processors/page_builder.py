@@ -17,7 +17,9 @@ from processors.config import EngineConfig
 from processors.experiments import HOLDOUT
 from processors.features import (
     CandidateSignals,
+    ItemTable,
     RankingContext,
+    rank_feature_matrix,
     rank_features,
     ranking_context,
 )
@@ -25,7 +27,7 @@ from processors.ports import ArtworkChooser, BinaryLearner, NextItemIndex, Popul
 from processors.user_state import UserState
 from schemas.messages import Page, PageItem, PageRow
 
-__all__ = ["PageBuilder", "ServedPage", "session_key"]
+__all__ = ["PageBuilder", "ServedFeatures", "ServedPage", "session_key"]
 
 #: Items whose scores decide a row's place on the page.
 _ROW_SCORE_TOP = 3
@@ -39,10 +41,13 @@ def session_key(user_id: str, session_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ServedPage:
-    """A page plus the feature rows of the items on it, kept to learn from what was served."""
+class ServedFeatures:
+    """The serve-time feature rows of the items placed on one page, to learn from labels.
 
-    page: Page
+    What the engine caches per recent page: no `Page` objects (rows of `PageItem` cost ~5 KB
+    a page and nothing reads them back), float32 rows of the placed items only.
+    """
+
     item_ids: tuple[str, ...]
     features: np.ndarray  # float32, one row per item of item_ids, RANK_FEATURE_NAMES order
 
@@ -55,16 +60,46 @@ class ServedPage:
         return self.features[index].tolist()
 
 
+@dataclass(frozen=True, slots=True)
+class ServedPage:
+    """A page plus the feature rows of the items on it, kept to learn from what was served."""
+
+    page: Page
+    item_ids: tuple[str, ...]
+    features: np.ndarray  # float32, one row per item of item_ids, RANK_FEATURE_NAMES order
+
+    def features_of(self, item_id: str) -> list[float] | None:
+        """The serve-time feature row of an item on this page, if it was on it."""
+        return self.for_labels().features_of(item_id)
+
+    def for_labels(self) -> ServedFeatures:
+        """What to keep of this page until its impressions and clicks arrive."""
+        return ServedFeatures(self.item_ids, self.features)
+
+
 @dataclass(slots=True)
 class _RowPlan:
     row_id: str
     title: str
     item_ids: list[str]
     score: float = 0.0
+    #: Index of the first item not placed yet (placing only ever moves it forward).
+    cursor: int = 0
+
+
+def _row_order(plan: _RowPlan) -> tuple[float, str]:
+    """Rows go best score first, ties by row id."""
+    return (-plan.score, plan.row_id)
 
 
 class PageBuilder:
-    """Builds pages for one engine; holds no per-user state."""
+    """Builds pages for one engine; holds no per-user state.
+
+    The personalized page is built with one vectorized pass over its candidates (features
+    from `ItemTable` arrays, one numpy scoring call, one sort of ``(-score, item_id)`` pairs
+    that orders every row) and one vectorized artwork draw: per-candidate Python work was
+    most of the engine's time (see BENCHMARKS.md, "where the time goes").
+    """
 
     def __init__(
         self,
@@ -81,6 +116,7 @@ class PageBuilder:
         self.trending = trending
         self.ranker = ranker
         self.bandit = bandit
+        self.items = ItemTable()
 
     # -- features for one item (impression-time fallback) ------------------------------
 
@@ -130,18 +166,17 @@ class PageBuilder:
         self, state: UserState, recommendation_id: str, now: int
     ) -> tuple[tuple[PageRow, ...], tuple[str, ...], np.ndarray]:
         config = self.config
-        signals: dict[str, CandidateSignals] = {}
+        # Candidate ids in first-seen order (source order: resume, kNN, trending, new, genres).
+        candidates: dict[str, None] = {}
         plans: list[_RowPlan] = []
 
         if state.continue_watching:
             resume = list(reversed(state.continue_watching))  # most recent first
-            for item_id in resume:
-                signals.setdefault(
-                    item_id, CandidateSignals()
-                ).resume_progress = state.continue_watching[item_id]
+            candidates.update(dict.fromkeys(resume))
             plans.append(_RowPlan("continue-watching", "Continue watching", resume))
 
         knn_max = 0.0
+        neighbours: list[tuple[str, float]] = []
         if state.last_items:
             neighbours = self.knn.recommend(
                 state.last_items,
@@ -150,33 +185,25 @@ class PageBuilder:
             )
             if neighbours:
                 knn_max = neighbours[0][1]
-                for item_id, score in neighbours:
-                    signals.setdefault(item_id, CandidateSignals()).knn_score = score
+                neighbour_ids = [item_id for item_id, _ in neighbours]
+                candidates.update(dict.fromkeys(neighbour_ids))
                 anchor = self.catalog.get(state.last_items[-1])
                 anchor_title = anchor.title if anchor is not None and anchor.title else "this"
                 plans.append(
                     _RowPlan(
-                        "because-you-watched",
-                        f"Because you watched {anchor_title}",
-                        [item_id for item_id, _ in neighbours],
+                        "because-you-watched", f"Because you watched {anchor_title}", neighbour_ids
                     )
                 )
 
         trending_top = self.trending.top(max(config.trending_candidates * 4, 100), now)
-        for item_id, _ in trending_top[: config.trending_candidates]:
-            signals.setdefault(item_id, CandidateSignals())
-        plans.append(
-            _RowPlan(
-                "trending",
-                "Trending now",
-                [item_id for item_id, _ in trending_top[: config.trending_candidates]],
-            )
-        )
+        trending_ids = [item_id for item_id, _ in trending_top]
+        trending_row = trending_ids[: config.trending_candidates]
+        candidates.update(dict.fromkeys(trending_row))
+        plans.append(_RowPlan("trending", "Trending now", trending_row))
 
         if len(trending_top) < config.row_size:
             newest = self.catalog.newest(config.trending_candidates)
-            for item_id in newest:
-                signals.setdefault(item_id, CandidateSignals())
+            candidates.update(dict.fromkeys(newest))
             plans.append(_RowPlan("new-arrivals", "New arrivals", newest))
 
         context = ranking_context(state, now, config, knn_max)
@@ -185,62 +212,76 @@ class PageBuilder:
             for genre, weight in sorted(context.affinity.items(), key=lambda kv: (-kv[1], kv[0]))
             if weight > 0
         ][:_GENRE_ROWS]
-        for genre in top_genres:
-            genre_items = self._genre_items(genre, trending_top)
-            for item_id in genre_items:
-                signals.setdefault(item_id, CandidateSignals())
-            plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
+        if top_genres:
+            self.items.sync(self.catalog)
+            trending_rows = self.items.rows(trending_ids)
+            for genre in top_genres:
+                genre_items = self._genre_items(genre, trending_ids, trending_rows)
+                candidates.update(dict.fromkeys(genre_items))
+                plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
 
-        if not signals:
+        if not candidates:
             return (), (), np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
 
-        item_ids = tuple(signals)
-        trending_scores = dict(trending_top)
-        rows: list[list[float]] = []
-        catalog_get = self.catalog.get
-        trending_score = self.trending.score
-        for item_id in item_ids:
-            item = catalog_get(item_id)
-            item_signals = signals[item_id]
-            known = trending_scores.get(item_id)
-            item_signals.trending_score = (
-                known if known is not None else trending_score(item_id, now)
-            )
-            rows.append(rank_features(state, context, item_id, item, item_signals))
-        features = np.asarray(rows, dtype=np.float64)
-        scores = self._scores(features, context)
-        score_of = dict(zip(item_ids, scores.tolist(), strict=True))
-
-        best = sorted(item_ids, key=lambda item_id: (-score_of[item_id], item_id))
+        item_ids = list(candidates)
+        position = {item_id: k for k, item_id in enumerate(item_ids)}
+        self.items.sync(self.catalog)
+        rows = self.items.rows(item_ids)
+        features = rank_feature_matrix(
+            state,
+            context,
+            item_ids,
+            rows,
+            self.items,
+            self.trending.scores(item_ids, now),
+            neighbours,
+            position,
+        )
+        scores = self._scores(features, context).tolist()
+        score_of = dict(zip(item_ids, scores, strict=True))
+        # One sort of (-score, item_id) gives every row its order: ranks are a total order.
+        ranked = sorted(zip([-score for score in scores], item_ids, strict=True))
+        best = [item_id for _, item_id in ranked]
+        rank_of = {item_id: rank for rank, item_id in enumerate(best)}
         plans.append(_RowPlan("top-picks", "Top picks for you", best[: config.row_size * 2]))
-        arranged = self._arrange(plans, score_of)
-        page_rows = self._with_artworks(arranged, state.device or "", recommendation_id)
-        return page_rows, item_ids, features.astype(np.float32)
+        arranged = self._arrange(plans, score_of, rank_of)
+        page_rows, placed = self._with_artworks(arranged, state.device or "", recommendation_id)
+        placed_rows = [position[item_id] for item_id in placed]
+        return page_rows, placed, features[placed_rows].astype(np.float32)
 
     def _with_artworks(
         self,
         arranged: list[tuple[_RowPlan, list[tuple[str, float]]]],
         device_context: str,
         recommendation_id: str,
-    ) -> tuple[PageRow, ...]:
+    ) -> tuple[tuple[PageRow, ...], tuple[str, ...]]:
         """Choose every placed item's artwork in one bandit draw, then render the rows."""
-        catalog_get = self.catalog.get
-        placed: list[tuple[str, tuple[str, ...]]] = []
-        for _, items in arranged:
-            for item_id, _ in items:
-                item = catalog_get(item_id)
-                placed.append((item_id, item.artworks if item is not None else ()))
-        chosen = iter(
-            self.bandit.choose_many(placed, context=device_context, draw_key=recommendation_id)
-        )
-        return tuple(
-            PageRow(
-                plan.row_id,
-                plan.title,
-                tuple(PageItem(item_id, round(score, 6), next(chosen)) for item_id, score in items),
+        artworks_of = self.items.artworks.get
+        placed_ids = [item_id for _, items in arranged for item_id, _ in items]
+        placed = [(item_id, artworks_of(item_id, ())) for item_id in placed_ids]
+        chosen = self.bandit.choose_many(placed, context=device_context, draw_key=recommendation_id)
+        rows = []
+        start = 0
+        make_item = PageItem
+        rounded = round
+        for plan, items in arranged:
+            end = start + len(items)
+            rows.append(
+                PageRow(
+                    plan.row_id,
+                    plan.title,
+                    tuple(
+                        [
+                            make_item(item_id, rounded(score, 6), artwork_id)
+                            for (item_id, score), artwork_id in zip(
+                                items, chosen[start:end], strict=True
+                            )
+                        ]
+                    ),
+                )
             )
-            for plan, items in arranged
-        )
+            start = end
+        return tuple(rows), tuple(placed_ids)
 
     def _scores(self, features: np.ndarray, context: RankingContext) -> np.ndarray:
         """Ranker probabilities, blended with a heuristic prior while the ranker is cold."""
@@ -263,16 +304,27 @@ class PageBuilder:
         alpha = seen / warmup
         return alpha * learned + (1.0 - alpha) * prior
 
-    def _genre_items(self, genre: str, trending_top: list[tuple[str, float]]) -> list[str]:
+    def _genre_items(
+        self, genre: str, trending_ids: list[str], trending_rows: np.ndarray | None = None
+    ) -> list[str]:
+        """Up to ``genre_candidates`` items of a genre: trending ones first, then the catalog's."""
         limit = self.config.genre_candidates
-        catalog_get = self.catalog.get
         chosen: dict[str, None] = {}
-        for item_id, _ in trending_top:
-            item = catalog_get(item_id)
-            if item is not None and genre in item.genres:
-                chosen[item_id] = None
-                if len(chosen) >= limit:
-                    return list(chosen)
+        column = self.items.genre_col.get(genre) if trending_rows is not None else None
+        if trending_rows is not None:
+            if column is not None and len(trending_ids):
+                hits = np.flatnonzero(self.items.genre_hits[trending_rows, column])[:limit]
+                chosen = dict.fromkeys([trending_ids[k] for k in hits.tolist()])
+        else:
+            catalog_get = self.catalog.get
+            for item_id in trending_ids:
+                item = catalog_get(item_id)
+                if item is not None and genre in item.genres:
+                    chosen[item_id] = None
+                    if len(chosen) >= limit:
+                        break
+        if len(chosen) >= limit:
+            return list(chosen)
         for item_id in self.catalog.items_in_genre(genre):
             chosen.setdefault(item_id, None)
             if len(chosen) >= limit:
@@ -280,37 +332,54 @@ class PageBuilder:
         return list(chosen)
 
     def _arrange(
-        self, plans: list[_RowPlan], score_of: dict[str, float]
+        self,
+        plans: list[_RowPlan],
+        score_of: dict[str, float],
+        rank_of: dict[str, int] | None = None,
     ) -> list[tuple[_RowPlan, list[tuple[str, float]]]]:
         """Order rows by predicted engagement and fill them, each title once per page.
 
         Greedy: the next row is the one whose best *still unplaced* items score highest, so a
         row is ranked on what it will really show, not on titles a better row already took.
+        ``rank_of`` (every candidate's place in ``(-score, item_id)`` order, from the page's
+        one sort) orders the rows' items; without it, items without a score are dropped and
+        the order is computed here.
         """
         row_size = self.config.row_size
+        if rank_of is None:
+            for plan in plans:
+                plan.item_ids = [item_id for item_id in plan.item_ids if item_id in score_of]
+            ranked = sorted(score_of, key=lambda item_id: (-score_of[item_id], item_id))
+            rank_of = {item_id: rank for rank, item_id in enumerate(ranked)}
+        rank = rank_of.__getitem__
         remaining = []
         for plan in plans:
-            plan.item_ids = sorted(
-                (item_id for item_id in plan.item_ids if item_id in score_of),
-                key=lambda item_id: (-score_of[item_id], item_id),
-            )
             if plan.item_ids:
+                plan.item_ids = sorted(plan.item_ids, key=rank)
                 remaining.append(plan)
         placed: set[str] = set()
         rows: list[tuple[_RowPlan, list[tuple[str, float]]]] = []
         while remaining and len(rows) < self.config.page_rows:
             for plan in remaining:
+                item_ids = plan.item_ids
+                end = len(item_ids)
+                index = plan.cursor
+                while index < end and item_ids[index] in placed:
+                    index += 1
+                plan.cursor = index
                 top = []
-                for item_id in plan.item_ids:
+                while index < end:
+                    item_id = item_ids[index]
                     if item_id not in placed:
                         top.append(score_of[item_id])
                         if len(top) == _ROW_SCORE_TOP:
                             break
+                    index += 1
                 plan.score = sum(top) / len(top) if top else -1.0
-            best = min(remaining, key=lambda plan: (-plan.score, plan.row_id))
+            best = min(remaining, key=_row_order)
             remaining.remove(best)
             items = []
-            for item_id in best.item_ids:
+            for item_id in best.item_ids[best.cursor :]:
                 if item_id not in placed:
                     placed.add(item_id)
                     items.append((item_id, score_of[item_id]))
@@ -349,7 +418,7 @@ class PageBuilder:
                 _RowPlan(
                     f"popular-{genre}",
                     f"Popular in {genre}",
-                    self._genre_items(genre, trending_top),
+                    self._genre_items(genre, [item_id for item_id, _ in trending_top]),
                 )
             )
         return plans

@@ -59,7 +59,9 @@ def update_window(
         state.device = event.device
     state.local_hour = event.local_hour if event.local_hour is not None else _utc_hour(event.ts)
 
-    item_id = event.item_id
+    # The catalog's copy of the id: per-session maps then share one string per title instead
+    # of holding the one decoded from each event (memory per active session).
+    item_id = item.item_id if item is not None else event.item_id
     if event_type == "hover":
         state.hover_dwell_ms += event.dwell_ms or 0
     elif event_type == "scroll_past":
@@ -81,7 +83,7 @@ def update_window(
         state.progress_sum += event.progress
         state.progress_n += 1
     if item_id is not None:
-        _update_continue_watching(state, event, config.continue_watching)
+        _update_continue_watching(state, event, item_id, config.continue_watching)
         if item is not None and item.genres:
             weight = _affinity_weight(event)
             if weight:
@@ -120,9 +122,9 @@ def _add_affinity(
         del affinity[weakest]
 
 
-def _update_continue_watching(state: UserState, event: BehaviourEvent, limit: int) -> None:
-    item_id = event.item_id
-    assert item_id is not None
+def _update_continue_watching(
+    state: UserState, event: BehaviourEvent, item_id: str, limit: int
+) -> None:
     resume = state.continue_watching
     if event.type == "completion":
         resume.pop(item_id, None)

@@ -9,13 +9,19 @@ event are acknowledged, not from immutability.
 
 from __future__ import annotations
 
-from collections import deque
+import sys
+from array import array
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["EVENT_TYPE_INDEX", "STATE_VERSION", "PendingImpression", "UserState"]
+from processors.ids import stable_hash64
 
-#: Bumped whenever the serialized layout changes; older checkpoints are refused, not misread.
-STATE_VERSION = 1
+__all__ = ["EVENT_TYPE_INDEX", "STATE_VERSION", "EventIdWindow", "PendingImpression", "UserState"]
+
+#: Bumped whenever the serialized layout changes; other versions are refused, not misread.
+#: Version 2 keeps event-id fingerprints instead of the ids; version 1 is still read.
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 #: Position of each event type in ``UserState.type_counts``.
 EVENT_TYPE_INDEX: dict[str, int] = {
@@ -29,6 +35,81 @@ EVENT_TYPE_INDEX: dict[str, int] = {
     "drop_off": 7,
     "session_start": 8,
 }
+
+
+class EventIdWindow:
+    """The last ``maxlen`` event ids of a user, for dropping redeliveries, in 8 bytes each.
+
+    Ids are kept as 64-bit fingerprints (``stable_hash64``) in a ring, not as strings: a
+    64-entry window of ~60-byte id strings in a deque was ~4 KB of every user's state, the
+    ring is 0.5 KB. Two different ids collide with probability 2^-64 per pair, so with 64
+    ids in the window a new event is mistaken for a duplicate about once in 3·10^17 events.
+
+    Examples
+    --------
+    >>> window = EventIdWindow(2)
+    >>> window.extend(["e1", "e2", "e3"])
+    >>> ("e1" in window, "e3" in window, len(window))
+    (False, True, 2)
+    """
+
+    __slots__ = ("_fingerprints", "_next", "maxlen")
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self._fingerprints = array("Q")
+        self._next = 0  # ring position of the oldest entry once the window is full
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and _fingerprint(event_id) in self._fingerprints
+
+    def __len__(self) -> int:
+        return len(self._fingerprints)
+
+    def append(self, event_id: str) -> None:
+        """Remember an id, forgetting the oldest one when the window is full."""
+        self._push(_fingerprint(event_id))
+
+    def extend(self, event_ids: Iterable[str]) -> None:
+        """Remember several ids, oldest first."""
+        for event_id in event_ids:
+            self.append(event_id)
+
+    def fingerprints(self) -> list[int]:
+        """The fingerprints, oldest first (the serialized form)."""
+        ring = self._fingerprints
+        return ring[self._next :].tolist() + ring[: self._next].tolist()
+
+    def _push(self, fingerprint: int) -> None:
+        if self.maxlen <= 0:
+            return
+        ring = self._fingerprints
+        if len(ring) < self.maxlen:
+            ring.append(fingerprint)
+        else:
+            ring[self._next] = fingerprint
+            self._next = (self._next + 1) % self.maxlen
+
+    @classmethod
+    def from_fingerprints(cls, fingerprints: Iterable[int], maxlen: int) -> EventIdWindow:
+        window = cls(maxlen)
+        for fingerprint in fingerprints:
+            window._push(int(fingerprint))
+        return window
+
+
+#: The engine asks about the same id two or three times in a row (late check, dedup, append).
+_last_fingerprint: tuple[str, int] = ("", stable_hash64(""))
+
+
+def _fingerprint(event_id: str) -> int:
+    global _last_fingerprint
+    last_id, last = _last_fingerprint
+    if event_id == last_id:
+        return last
+    fingerprint = stable_hash64(event_id)
+    _last_fingerprint = (event_id, fingerprint)
+    return fingerprint
 
 
 class PendingImpression:
@@ -104,7 +185,7 @@ class UserState:
         self.variant = ""
         self.sessions_total = 0
         self.continue_watching: dict[str, float] = {}
-        self.recent_event_ids: deque[str] = deque(maxlen=dedup_window)
+        self.recent_event_ids = EventIdWindow(dedup_window)
         self.last_recommendation_id = ""
         #: recommendation_id → variant of this user's last few pages (attribution).
         self.recent_pages: dict[str, str] = {}
@@ -131,7 +212,8 @@ class UserState:
         self.session_scrolled: dict[str, int] = {}
         self.session_clicked: dict[str, None] = {}
         self.pending: dict[str, PendingImpression] = {}
-        self.churn_snapshots: list[list[float]] = []
+        #: Session feature vectors (float64 arrays: a third of the size of lists of floats).
+        self.churn_snapshots: list[array[float]] = []
         self.churn_alerted = False
         self.churn_risk = 0.0
 
@@ -156,7 +238,7 @@ class UserState:
             "variant": self.variant,
             "sessions_total": self.sessions_total,
             "continue_watching": self.continue_watching,
-            "recent_event_ids": list(self.recent_event_ids),
+            "recent_event_ids": self.recent_event_ids.fingerprints(),
             "dedup_window": self.recent_event_ids.maxlen,
             "last_recommendation_id": self.last_recommendation_id,
             "recent_pages": self.recent_pages,
@@ -179,7 +261,7 @@ class UserState:
             "session_scrolled": self.session_scrolled,
             "session_clicked": list(self.session_clicked),
             "pending": {item: p.to_list() for item, p in self.pending.items()},
-            "churn_snapshots": self.churn_snapshots,
+            "churn_snapshots": [snapshot.tolist() for snapshot in self.churn_snapshots],
             "churn_alerted": self.churn_alerted,
             "churn_risk": self.churn_risk,
         }
@@ -187,16 +269,28 @@ class UserState:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> UserState:
         """Rebuild a state from ``to_dict`` output; refuses other versions with ValueError."""
-        if raw.get("v") != STATE_VERSION:
-            raise ValueError(f"user state version {raw.get('v')!r} is not {STATE_VERSION}")
+        version = raw.get("v")
+        if version not in _READABLE_VERSIONS:
+            raise ValueError(f"user state version {version!r} is not {STATE_VERSION}")
+        # Item ids, genres, variants and devices repeat across users: interned, every restored
+        # state shares one copy of each instead of holding its own.
+        intern = sys.intern
         state = cls(raw["user_id"], dedup_window=int(raw["dedup_window"]))
-        state.variant = raw["variant"]
+        state.variant = intern(raw["variant"])
         state.sessions_total = int(raw["sessions_total"])
-        state.continue_watching = {k: float(v) for k, v in raw["continue_watching"].items()}
-        state.recent_event_ids.extend(raw["recent_event_ids"])
-        state.last_recommendation_id = raw["last_recommendation_id"]
-        state.recent_pages = dict(raw["recent_pages"])
-        state.device = raw["device"]
+        state.continue_watching = {intern(k): float(v) for k, v in raw["continue_watching"].items()}
+        if version == 1:  # ids, not fingerprints
+            state.recent_event_ids.extend(raw["recent_event_ids"])
+        else:
+            state.recent_event_ids = EventIdWindow.from_fingerprints(
+                raw["recent_event_ids"], int(raw["dedup_window"])
+            )
+        state.recent_pages = {k: intern(v) for k, v in raw["recent_pages"].items()}
+        last_page = raw["last_recommendation_id"]
+        state.last_recommendation_id = next(
+            (k for k in state.recent_pages if k == last_page), last_page
+        )
+        state.device = intern(raw["device"]) if raw["device"] is not None else None
         state.local_hour = int(raw["local_hour"])
         state.session_id = raw["session_id"]
         state.session_start = int(raw["session_start"])
@@ -208,14 +302,18 @@ class UserState:
         state.max_scroll_streak = int(raw["max_scroll_streak"])
         state.progress_sum = float(raw["progress_sum"])
         state.progress_n = int(raw["progress_n"])
-        state.genre_affinity = {k: float(v) for k, v in raw["genre_affinity"].items()}
+        state.genre_affinity = {intern(k): float(v) for k, v in raw["genre_affinity"].items()}
         state.affinity_ts = int(raw["affinity_ts"])
-        state.last_items = list(raw["last_items"])
-        state.session_impressed = {k: int(v) for k, v in raw["session_impressed"].items()}
-        state.session_scrolled = {k: int(v) for k, v in raw["session_scrolled"].items()}
-        state.session_clicked = dict.fromkeys(raw["session_clicked"])
-        state.pending = {k: PendingImpression.from_list(v) for k, v in raw["pending"].items()}
-        state.churn_snapshots = [[float(v) for v in snap] for snap in raw["churn_snapshots"]]
+        state.last_items = [intern(item_id) for item_id in raw["last_items"]]
+        state.session_impressed = {intern(k): int(v) for k, v in raw["session_impressed"].items()}
+        state.session_scrolled = {intern(k): int(v) for k, v in raw["session_scrolled"].items()}
+        state.session_clicked = dict.fromkeys(intern(k) for k in raw["session_clicked"])
+        state.pending = {
+            intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
+        }
+        state.churn_snapshots = [
+            array("d", [float(v) for v in snap]) for snap in raw["churn_snapshots"]
+        ]
         state.churn_alerted = bool(raw["churn_alerted"])
         state.churn_risk = float(raw["churn_risk"])
         return state

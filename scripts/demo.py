@@ -1,4 +1,4 @@
-"""``insession demo``: broker + worker + synthetic users for about a minute, printed live."""
+"""``insession demo``: broker + worker + closed-loop simulated users for a few minutes, live."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ __all__ = ["add_parser"]
 
 def add_parser(sub: Any) -> None:
     """Register the sub-command."""
-    parser = sub.add_parser("demo", help="run broker + worker + synthetic traffic, printed live")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (60)")
-    parser.add_argument("--users", type=int, default=60, help="synthetic users (60)")
-    parser.add_argument("--rate", type=float, default=150.0, help="events per second (150)")
+    parser = sub.add_parser(
+        "demo",
+        help="run broker + worker + simulated users, with a live view and a summary (~3 min)",
+    )
+    parser.add_argument("--duration", type=float, default=180.0, help="seconds of traffic (180)")
+    parser.add_argument("--users", type=int, default=1_500, help="simulated users (1500)")
+    parser.add_argument("--items", type=int, default=400, help="catalog titles (400)")
+    parser.add_argument("--rate", type=float, default=250.0, help="events per second (250)")
     parser.add_argument("--seed", type=int, default=7)
     parser.set_defaults(func=run)
 
@@ -22,4 +26,4 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from stream.demo import run_demo
 
-    return run_demo(args.duration, args.users, args.rate, args.seed)
+    return run_demo(args.duration, args.users, args.rate, args.seed, args.items)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 import faust
 from faust.types import TP
 
 from online_models.factory import build_models
+from processors.catalog import Catalog
 from processors.engine import Engine
+from stream.ack_guard import AckGuard
 from stream.config import Settings
 from stream.pipeline import EventPipeline, RawMessage
 from stream.redis_store import RedisStore
@@ -38,11 +40,27 @@ def faust_broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"insession://{host.strip()}" for host in bootstrap_servers.split(",") if host.strip()]
 
 
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to the brokers: the CA bundle, plus a client certificate for mutual TLS if given."""
+    context = ssl.create_default_context(cafile=settings.ssl_cafile)
+    if settings.ssl_certfile:
+        context.load_cert_chain(
+            settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_key_password
+        )
+    return context
+
+
 def _credentials(settings: Settings) -> Any:
+    """Faust broker credentials from the security settings (None for PLAINTEXT)."""
     protocol = settings.security_protocol.upper()
+    if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ValueError(
+            f"KAFKA_SECURITY_PROTOCOL={settings.security_protocol!r}: expected PLAINTEXT, SSL, "
+            "SASL_PLAINTEXT or SASL_SSL"
+        )
     if protocol == "PLAINTEXT":
         return None
-    context = ssl.create_default_context(cafile=settings.ssl_cafile) if "SSL" in protocol else None
+    context = _ssl_context(settings) if "SSL" in protocol else None
     if protocol.startswith("SASL"):
         return faust.SASLCredentials(
             username=settings.sasl_username,
@@ -94,9 +112,19 @@ class WorkerApp:
             prefix=settings.redis_prefix,
             ttl_s=settings.redis_ttl_s,
             password=settings.redis_password,
+            max_buffered_keys=settings.redis_max_buffered_keys,
+            ssl_ca_certs=settings.redis_ssl_cafile,
         )
-        engine = Engine(settings.engine, build_models(settings.engine))
+        engine = Engine(
+            settings.engine,
+            build_models(settings.engine),
+            Catalog(max_items=settings.max_catalog_items),
+            served_cache_pages=settings.served_cache_pages,
+            limits=settings.codec_limits(),
+        )
         self.pipeline = EventPipeline(settings, engine, self.store, self._send)
+        self.ack_guard = AckGuard({settings.events_topic, settings.catalog_topic})
+        self.ack_guard.install(self.app.consumer)
         self._started = False
         self._last_stats = (time.monotonic(), 0, 0)
         self._wire()
@@ -125,7 +153,10 @@ class WorkerApp:
                 settings.batch_max, within=settings.batch_within_s
             ):
                 messages = [_raw_message(event) for event in batch]
-                await self._guarded(pipeline.handle_events, messages)
+                skipped = await self._guarded(pipeline.handle_events, messages)
+                # Only now may these offsets be committed (see stream/ack_guard.py); a batch
+                # that raised or was cancelled never gets here, nor do skipped messages.
+                self.ack_guard.finish(_finished_messages(batch, messages, skipped))
 
         async def ingest_catalog(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(
@@ -133,6 +164,7 @@ class WorkerApp:
             ):
                 messages = [_raw_message(event) for event in batch]
                 await self._guarded(pipeline.handle_catalog, messages)
+                self.ack_guard.finish(event.message for event in batch)
 
         app.agent(events_topic, name="personalize_events", concurrency=1)(personalize_events)
         app.agent(catalog_topic, name="ingest_catalog", concurrency=1)(ingest_catalog)
@@ -157,27 +189,53 @@ class WorkerApp:
         async def log_stats() -> None:
             self._log_stats()
 
+        @app.timer(1.0)
+        async def publish_worker_metrics() -> None:
+            if self._started:  # read by `insession bench` (processing-time histogram)
+                await pipeline.publish_worker_metrics()
+
+        @app.timer(5.0)
+        async def publish_arm_metrics() -> None:
+            if self._started:
+                await pipeline.publish_arm_metrics()
+
         @app.on_partitions_revoked.connect
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-            dropped = pipeline.drop_partitions(
+            dropped = await pipeline.revoke_partitions(
                 tp.partition for tp in revoked if tp.topic == settings.events_topic
             )
             log.info("partitions revoked: %d users handed back to Redis", dropped)
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+            pipeline.assign_partitions(
+                tp.partition for tp in assigned if tp.topic == settings.events_topic
+            )
 
         @app.on_before_shutdown.connect
         async def on_shutdown(sender: Any, **kwargs: Any) -> None:
             if self._started:
                 await pipeline.checkpoint_models()
 
-    async def _guarded(self, handler: Any, messages: list[RawMessage]) -> None:
-        """Never let an exception leave an agent: Faust would skip the failing offsets."""
+    async def _guarded(self, handler: Any, messages: list[RawMessage]) -> Any:
+        """Turn a failed batch into dead letters; only if even that fails, stop the worker."""
         await self._ensure_started()
         try:
-            await handler(messages)
+            return await handler(messages)
         except Exception as error:  # the batch is dead-lettered, never silently dropped
             log.exception("batch of %d failed; dead-lettering it", len(messages))
             self.pipeline.counters["internal_errors"] += 1
-            await self.pipeline.dead_letter_batch(messages, f"internal_error: {error!r}")
+            try:
+                await self.pipeline.dead_letter_batch(messages, f"internal_error: {error!r}")
+            except Exception as fatal:
+                # Nowhere to put the batch. Carrying on would leave a gap that stops every
+                # later commit, and the long redelivery after the eventual restart could
+                # outrun the per-user dedup window. Stop now: the ack guard keeps the batch
+                # uncommitted and a restarted worker gets it again.
+                log.critical("cannot dead-letter a failed batch (%r): stopping the worker", fatal)
+                await self.app.crash(fatal)
+                raise
+        return None
 
     def _log_stats(self) -> None:
         counters = self.pipeline.counters
@@ -189,7 +247,7 @@ class WorkerApp:
         if events != events_then:
             log.info(
                 "events/s=%.0f pages/s=%.0f processing p50=%.2fms p99=%.2fms users=%d "
-                "dead_letters=%d duplicates=%d redis_buffered=%d",
+                "dead_letters=%d duplicates=%d redis_buffered=%d redis_write_failures=%d",
                 (events - events_then) / elapsed,
                 (pages - pages_then) / elapsed,
                 summary["p50_ms"],
@@ -198,8 +256,19 @@ class WorkerApp:
                 counters["dead_letters"],
                 self.pipeline.engine.counters["duplicates"],
                 self.store.buffered,
+                self.store.counters["redis_write_failures"],
             )
         self._last_stats = (now, events, pages)
+
+
+def _finished_messages(
+    batch: Sequence[Any], messages: Sequence[RawMessage], skipped: Sequence[RawMessage] | None
+) -> Iterator[Any]:
+    """The Faust messages of a batch, minus those the pipeline skipped (partition revoked)."""
+    skipped_ids = {id(message) for message in skipped or ()}
+    for event, message in zip(batch, messages, strict=True):
+        if id(message) not in skipped_ids:
+            yield event.message
 
 
 def _raw_message(event: Any) -> RawMessage:

@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from processors.config import EngineConfig
+from schemas.codec import CodecLimits
 
 __all__ = ["DEV_SNAPSHOT_KEY", "Settings", "parse_arms"]
 
 #: Used only when INSESSION_SNAPSHOT_KEY is unset; the worker logs a warning when it is.
 DEV_SNAPSHOT_KEY = "insession-dev-only-snapshot-key"
-_SECRET_FIELDS = frozenset({"sasl_password", "redis_password", "snapshot_key"})
+_SECRET_FIELDS = frozenset({"sasl_password", "redis_password", "snapshot_key", "ssl_key_password"})
 
 
 def parse_arms(spec: str) -> tuple[tuple[str, float], ...]:
@@ -60,13 +61,33 @@ class Settings:
     model_checkpoint_s: float = 30.0
     expiry_interval_s: float = 5.0
     catalog_refresh_s: float = 2.0
+    #: Users whose state is kept in memory; beyond it the least recently touched are dropped
+    #: (their checkpoint in Redis stays, and is loaded again on their next event).
     max_users_in_memory: int = 200_000
+    #: Catalog items held; beyond it the oldest-inserted item is dropped.
+    max_catalog_items: int = 1_000_000
+    #: Serve-time feature vectors of recent pages kept for learning from their outcomes.
+    served_cache_pages: int = 20_000
+    #: Redis writes kept while Redis is unreachable; beyond it the oldest are dropped (counted).
+    redis_max_buffered_keys: int = 200_000
+    #: Input limits (schemas.codec.CodecLimits): larger input is dead-lettered, not truncated.
+    max_message_bytes: int = 65_536
+    max_string_len: int = 256
+    max_list_len: int = 64
+    #: Dead letters carry at most this many bytes of the original message (the producer's
+    #: request limit is 1 MB and base64 adds a third); the reason says when it was cut.
+    dead_letter_max_original_bytes: int = 262_144
     snapshot_key: str = field(default=DEV_SNAPSHOT_KEY, repr=False)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+    #: CA bundle for a ``rediss://`` REDIS_URL (TLS); the system CAs when unset.
+    redis_ssl_cafile: str | None = None
     log_level: str = "info"
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -97,6 +118,10 @@ class Settings:
             "sasl_username": env.get("KAFKA_SASL_USERNAME") or None,
             "sasl_password": env.get("KAFKA_SASL_PASSWORD") or None,
             "ssl_cafile": env.get("KAFKA_SSL_CAFILE") or None,
+            "ssl_certfile": env.get("KAFKA_SSL_CERTFILE") or None,
+            "ssl_keyfile": env.get("KAFKA_SSL_KEYFILE") or None,
+            "ssl_key_password": env.get("KAFKA_SSL_KEY_PASSWORD") or None,
+            "redis_ssl_cafile": env.get("REDIS_SSL_CAFILE") or None,
         }
         for f in dataclasses.fields(cls):
             if f.name in values or f.name == "engine":
@@ -122,10 +147,26 @@ class Settings:
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
+    def codec_limits(self) -> CodecLimits:
+        """The input limits every consumed message is decoded with."""
+        for name in ("max_message_bytes", "max_string_len", "max_list_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        return CodecLimits(
+            max_message_bytes=self.max_message_bytes,
+            max_string_len=self.max_string_len,
+            max_list_len=self.max_list_len,
+        )
+
     @property
     def using_dev_snapshot_key(self) -> bool:
         """True when model snapshots are signed with the public development key."""
         return self.snapshot_key == DEV_SNAPSHOT_KEY
+
+    def __repr__(self) -> str:
+        # The default repr would print a password embedded in REDIS_URL.
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.redacted().items())
+        return f"Settings({shown})"
 
     def redacted(self) -> dict[str, object]:
         """Settings for logs: secrets replaced by ``***``."""

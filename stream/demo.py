@@ -1,74 +1,54 @@
-"""``insession demo``: embedded broker + a real worker process + synthetic users, printed live.
+"""``insession demo``: embedded broker + a real worker process + the closed-loop simulator, live.
 
 Everything is real: the broker speaks Kafka, the worker is the same ``insession worker`` a
-deployment runs, pages come back over the recommendations topic and from Redis.
+deployment runs, simulated users read the pages it serves over the recommendations topic and
+react to them (``stream.simulation``). Each run uses a fresh app id (consumer group) and a fresh
+Redis prefix, so the models start empty and the learning is visible; the Redis keys of the
+run are deleted at the end.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import uuid
-from collections import deque
 from contextlib import ExitStack
+from pathlib import Path
 
-from schemas.codec import decode_page, encode_catalog_item, encode_event
-from schemas.messages import Page
+import redis
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
 from stream.broker import EmbeddedBroker, create_topics
 from stream.config import Settings
-from stream.demo_traffic import DEMO_GENRES, DemoUser, demo_catalog, react_to_page
-from stream.kafka_clients import make_consumer, make_producer
-from stream.latency import LatencyRecorder
+from stream.simulation.kafka_loop import ClosedLoop, read_worker_metrics
+from stream.simulation.live_view import FeaturedUser, render_live
+from stream.simulation.population import SimConfig, Simulation
+from stream.simulation.report import LEGEND, build_summary, render_summary
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_ARMS", "run_demo"]
 
-
-class _PageListener(threading.Thread):
-    """Consumes pages, keeps the latest per user and the event → page latency."""
-
-    def __init__(self, settings: Settings, sent_at: dict[str, float]) -> None:
-        super().__init__(daemon=True)
-        self.consumer = make_consumer(settings, f"insession-demo-{uuid.uuid4().hex[:8]}")
-        self.consumer.subscribe([settings.recommendations_topic])
-        self.sent_at = sent_at
-        self.latest: dict[str, Page] = {}
-        self.latency = LatencyRecorder()
-        self.pages = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            message = self.consumer.poll(0.1)
-            if message is None or message.error():
-                continue
-            received = time.perf_counter()
-            page = decode_page(message.value())
-            sent = self.sent_at.pop(page.trigger_event_id, None)
-            if sent is not None:
-                self.latency.record_us((received - sent) * 1e6)
-            self.latest[page.user_id] = page
-            self.pages += 1
-        self.consumer.close()
+#: The demo splits users evenly so both arms are measured equally well in a few minutes
+#: (the engine's default is 90/10); ``INSESSION_ARMS`` overrides it.
+DEMO_ARMS = "personalized=0.5,holdout=0.5"
+_PLAIN_PROGRESS_EVERY_S = 10.0
 
 
-def _describe(page: Page | None, catalog: dict) -> str:
-    if page is None:
-        return "(no page yet)"
-    parts = []
-    for row in page.rows[:3]:
-        genres = [catalog[i.item_id].genres[0] for i in row.items[:4] if i.item_id in catalog]
-        parts.append(f"{row.title[:28]}: {', '.join(genres)}")
-    return " | ".join(parts)
-
-
-def run_demo(duration_s: float = 60.0, users: int = 60, rate: float = 150.0, seed: int = 7) -> int:
+def run_demo(
+    duration_s: float = 180.0,
+    users: int = 1_500,
+    rate: float = 250.0,
+    seed: int = 7,
+    items: int = 400,
+) -> int:
     """Run the demo; returns 0 when pages flowed, 1 otherwise."""
-    rng = random.Random(seed)
+    console = Console()
+    run_id = uuid.uuid4().hex[:6]
     with ExitStack() as stack:
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if external:
@@ -76,108 +56,135 @@ def run_demo(duration_s: float = 60.0, users: int = 60, rate: float = 150.0, see
         else:
             broker = stack.enter_context(EmbeddedBroker())
             bootstrap = broker.bootstrap
-            print(f"embedded broker (Tansu) on {bootstrap}")
-        run_id = uuid.uuid4().hex[:6]
-        settings = Settings.from_env(bootstrap_servers=bootstrap, app_id=f"insession-demo-{run_id}")
+            console.print(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
+        # On someone else's broker, topics of our own: a worker already running there on the
+        # default topics would otherwise answer our users too.
+        topics = (
+            {
+                f"{kind}_topic": f"insession-demo-{run_id}.{kind}"
+                for kind in ("events", "catalog", "recommendations", "churn", "dead_letter")
+            }
+            if external
+            else {}
+        )
+        settings = Settings.from_env(
+            bootstrap_servers=bootstrap,
+            app_id=f"insession-demo-{run_id}",
+            redis_prefix=f"insession-demo-{run_id}:",
+            **topics,
+        )
         create_topics(bootstrap, settings.output_topics())
+        stack.callback(_delete_keys, settings)
 
+        log_dir = Path(tempfile.mkdtemp(prefix="insession-demo-"))
+        worker_log = log_dir / "worker.log"
         env = dict(
             os.environ,
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             INSESSION_APP_ID=settings.app_id,
-            INSESSION_LOG_LEVEL="warning",
+            INSESSION_REDIS_PREFIX=settings.redis_prefix,
+            INSESSION_EVENTS_TOPIC=settings.events_topic,
+            INSESSION_CATALOG_TOPIC=settings.catalog_topic,
+            INSESSION_RECOMMENDATIONS_TOPIC=settings.recommendations_topic,
+            INSESSION_CHURN_TOPIC=settings.churn_topic,
+            INSESSION_DEAD_LETTER_TOPIC=settings.dead_letter_topic,
+            INSESSION_ARMS=os.environ.get("INSESSION_ARMS") or DEMO_ARMS,
         )
-        worker = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env)
+        with open(worker_log, "wb") as log_file:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         stack.callback(_stop, worker)
-        print(f"worker started (pid {worker.pid}); Redis at {settings.redis_url}")
-
-        producer = make_producer(settings)
-        catalog_items = demo_catalog()
-        catalog = {item.item_id: item for item in catalog_items}
-        for item in catalog_items:
-            producer.produce(
-                settings.catalog_topic, key=item.item_id.encode(), value=encode_catalog_item(item)
-            )
-        producer.flush(10)
-        print(f"published {len(catalog_items)} catalog items in {len(DEMO_GENRES)} genres")
-
-        sent_at: dict[str, float] = {}
-        listener = _PageListener(settings, sent_at)
-        listener.start()
-        stack.callback(listener.stopping.set)
-
-        population = [
-            DemoUser(
-                f"demo-{run_id}-u{i:03d}",
-                rng.choice(DEMO_GENRES),
-                rng.choice(("tv", "mobile", "web")),
-                random.Random(seed + i),
-            )
-            for i in range(users)
-        ]
-        sample = population[0]
-        print(f"sample user {sample.user_id} secretly loves {sample.favourite}\n")
-
-        started = time.perf_counter()
-        shifted = False
-        next_print = started + 1.0
-        sent_total, last_sent, last_pages = 0, 0, 0
-        interval = 1.0 / rate
-        next_send = started
-        turn = deque(population)
-        while time.perf_counter() - started < duration_s:
-            if worker.poll() is not None:
-                print(f"worker exited with {worker.returncode}")
-                return 1
-            if not shifted and time.perf_counter() - started > duration_s / 2:
-                old = sample.favourite
-                sample.favourite = next(g for g in DEMO_GENRES if g != old)
-                shifted = True
-                print(f"\n>>> sample user's taste shifts: {old} -> {sample.favourite}\n")
-            user = turn[0]
-            turn.rotate(-1)
-            page = listener.latest.get(user.user_id)
-            now_ms = time.time_ns() // 1_000_000
-            for event in react_to_page(user, page, catalog, now_ms):
-                sent_at[event.event_id] = time.perf_counter()
-                producer.produce(
-                    settings.events_topic, key=user.user_id.encode(), value=encode_event(event)
-                )
-                sent_total += 1
-                next_send += interval
-            producer.poll(0)
-            delay = next_send - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)  # pacing the offered load, not synchronisation
-            if time.perf_counter() >= next_print:
-                summary = listener.latency.summary_ms()
-                print(
-                    f"[{time.perf_counter() - started:5.1f}s] events/s {sent_total - last_sent:5d}"
-                    f"  pages/s {listener.pages - last_pages:5d}  event->page p50 "
-                    f"{summary['p50_ms']:6.1f} ms p99 {summary['p99_ms']:6.1f} ms"
-                )
-                print(
-                    f"   {sample.user_id} ({sample.favourite}): "
-                    f"{_describe(listener.latest.get(sample.user_id), catalog)}"
-                )
-                last_sent, last_pages = sent_total, listener.pages
-                next_print += 1.0
-            if len(sent_at) > 200_000:
-                sent_at.clear()
-        producer.flush(10)
-        summary = listener.latency.summary_ms()
-        print(
-            f"\nsent {sent_total} events, received {listener.pages} pages; event->page latency "
-            f"p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
-            f"p99.9 {summary['p999_ms']:.1f} ms"
+        console.print(
+            f"worker started (pid {worker.pid}, log {worker_log}); Redis at {settings.redis_url}, "
+            f"arms {env['INSESSION_ARMS']}"
         )
-        return 0 if listener.pages else 1
+
+        now_ms = time.time_ns() // 1_000_000
+        sim = Simulation(
+            SimConfig(users=users, items=items, seed=seed, run_id=f"demo{run_id}"),
+            start_ms=now_ms - now_ms % 60_000,
+        )
+        featured = FeaturedUser(sim)
+        console.print(Text(LEGEND, style="dim"))
+        console.print(
+            f"publishing {items} titles; {users} simulated users arrive over the first hour of "
+            "simulated time. Ctrl-C ends the demo early (the summary still prints).\n"
+        )
+        live = (
+            stack.enter_context(Live(console=console, auto_refresh=False))
+            if console.is_terminal
+            else None
+        )
+        last_plain = [0.0]
+
+        def on_progress(loop: ClosedLoop) -> None:
+            if worker.poll() is not None:
+                loop.stop_requested.set()
+            if live is not None:
+                live.update(render_live(loop, featured, duration_s), refresh=True)
+            elif loop.stats.wall_s - last_plain[0] >= _PLAIN_PROGRESS_EVERY_S:
+                last_plain[0] = loop.stats.wall_s
+                rates = ", ".join(
+                    f"{name} click rate {totals.click_rate:.1%}"
+                    for name, totals in sorted(sim.metrics.arms.items())
+                )
+                console.print(
+                    f"[{loop.stats.wall_s:4.0f} s] {loop.stats.recent_rate:.0f} events/s, "
+                    f"{loop.stats.events_sent:,} events; {rates}"
+                )
+
+        loop = ClosedLoop(settings, sim, rate=rate, duration_s=duration_s, on_progress=on_progress)
+        interrupted = False
+        try:
+            stats = loop.run()
+        except KeyboardInterrupt:  # Ctrl-C also stops the worker (same process group)
+            stats, interrupted = loop.stats, True
+        if live is not None:
+            live.update(render_live(loop, featured, duration_s), refresh=True)
+            live.stop()
+        if worker.poll() is not None and not interrupted:
+            console.print(f"[red]the worker exited with {worker.returncode}; its log:[/]")
+            console.print(worker_log.read_text(errors="replace")[-3_000:])
+            return 1
+        listener = loop.listener
+        summary = build_summary(
+            sim,
+            mode="demo",
+            warmup_fraction=0.3,
+            options={"users": users, "items": items, "rate": rate, "seed": seed},
+            run={
+                "wall_s": round(stats.wall_s, 2),
+                "events_per_s": round(stats.events_per_s, 1),
+                "pages_received": listener.pages if listener else 0,
+            },
+            latency=listener.latency if listener else None,
+            worker=read_worker_metrics(settings),
+        )
+        console.rule("Summary")
+        render_summary(summary, console)
+        return 0 if listener is not None and listener.pages else 1
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def _delete_keys(settings: Settings) -> None:
+    """Remove the run's Redis keys (catalog and model snapshot have no TTL)."""
+    try:
+        client = redis.Redis.from_url(settings.redis_url, password=settings.redis_password)
+        keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        client.close()
+    except redis.RedisError:
+        pass  # Redis gone: nothing to clean, and the TTLs expire the rest

@@ -29,6 +29,12 @@ def client_config(settings: Settings) -> dict[str, Any]:
         config["sasl.password"] = settings.sasl_password
     if settings.ssl_cafile:
         config["ssl.ca.location"] = settings.ssl_cafile
+    if settings.ssl_certfile:
+        config["ssl.certificate.location"] = settings.ssl_certfile
+    if settings.ssl_keyfile:
+        config["ssl.key.location"] = settings.ssl_keyfile
+    if settings.ssl_key_password:
+        config["ssl.key.password"] = settings.ssl_key_password
     return config
 
 

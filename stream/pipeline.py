@@ -9,6 +9,9 @@ events whose effects are either missing (reprocessed, same page ids) or already 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import itertools
 import logging
 import time
 from collections import Counter
@@ -70,11 +73,34 @@ class EventPipeline:
         self.counters: Counter[str] = Counter()
         self.processing = LatencyRecorder()
         self._catalog_version: int | None = None
+        #: One batch, expiry pass or rebalance step at a time: a revocation must not drop
+        #: users while a batch that touches them is still between the engine and Redis.
+        self._lock = asyncio.Lock()
+        #: Events-topic partitions this worker owns; None until the runtime says (offline).
+        self.owned_partitions: set[int] | None = None
+        self._arm_metrics_published: tuple[tuple[str, int, int], ...] = ()
 
     # -- events ------------------------------------------------------------------------------
 
-    async def handle_events(self, messages: list[RawMessage]) -> None:
-        """Process one batch end to end; returns only when its effects are durable."""
+    async def handle_events(self, messages: list[RawMessage]) -> list[RawMessage]:
+        """Process one batch end to end; returns only when its effects are durable.
+
+        Returns the messages it skipped because their partition was revoked meanwhile (they
+        were fetched before the rebalance): the caller must not acknowledge them, their next
+        owner processes them.
+        """
+        async with self._lock:
+            owned = self.owned_partitions
+            skipped: list[RawMessage] = []
+            if owned is not None and any(m.partition not in owned for m in messages):
+                skipped = [m for m in messages if m.partition not in owned]
+                messages = [m for m in messages if m.partition in owned]
+                self.counters["skipped_not_owned"] += len(skipped)
+            if messages:
+                await self._handle_events(messages)
+            return skipped
+
+    async def _handle_events(self, messages: list[RawMessage]) -> None:
         started = time.perf_counter_ns()
         engine = self.engine
         now = self.clock_ms()
@@ -99,14 +125,20 @@ class EventPipeline:
                 acks.append(await self._send_dead_letter(message, result))
                 continue
             user_id = result.user_id
-            effects = engine.process(
-                result, self.states.get(user_id), now=now, raw=message.value, source=source
-            )
+            try:
+                effects = engine.process(
+                    result, self.states.get(user_id), now=now, raw=message.value, source=source
+                )
+            except Exception as error:  # an engine bug costs this event, not the whole batch
+                acks.append(await self._internal_error(message, error, now))
+                continue
             if effects.dead_letter is not None:
                 acks.append(await self._send_dead_letter(message, effects.dead_letter))
                 continue
             state = effects.state
             assert state is not None
+            # Re-insert so dict order is least recently touched first (eviction order).
+            self.states.pop(user_id, None)
             self.states[user_id] = state
             self.user_partition[user_id] = message.partition
             touched[user_id] = state
@@ -130,10 +162,40 @@ class EventPipeline:
         self._evict_if_needed()
         self.processing.record_ns(time.perf_counter_ns() - started, count=len(messages))
 
+    async def _internal_error(
+        self, message: RawMessage, error: Exception, now: int
+    ) -> Awaitable[object]:
+        self.counters["internal_errors"] += 1
+        log.exception(
+            "engine failed on %s[%d]@%d; dead-lettering that event",
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+        dead_letter = DeadLetter(
+            original=message.value,
+            error=f"internal_error: {error!r}"[:1000],
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            ts=now,
+        )
+        return await self._send_dead_letter(message, dead_letter)
+
     async def _send_dead_letter(
         self, message: RawMessage, dead_letter: DeadLetter
     ) -> Awaitable[object]:
         self.counters["dead_letters"] += 1
+        limit = self.settings.dead_letter_max_original_bytes
+        size = len(dead_letter.original)
+        if size > limit:  # a 1 MB original would make a dead letter the broker refuses
+            dead_letter = dataclasses.replace(
+                dead_letter,
+                original=dead_letter.original[:limit],
+                error=f"{dead_letter.error} [original truncated to its first {limit} of "
+                f"{size} bytes]",
+                headers={**dead_letter.headers, "original_size": str(size)},
+            )
         payload = encode_dead_letter(dead_letter, "json")
         log.debug("dead letter at %s/%s: %s", message.partition, message.offset, dead_letter)
         return await self.send(self.settings.dead_letter_topic, message.key, payload)
@@ -188,7 +250,7 @@ class EventPipeline:
         limit = self.settings.max_users_in_memory
         if len(self.states) <= limit or self.store.buffered:
             return
-        for user_id in list(self.states)[: len(self.states) - limit]:
+        for user_id in list(itertools.islice(self.states, len(self.states) - limit)):
             del self.states[user_id]
             self.user_partition.pop(user_id, None)
             self.counters["states_evicted"] += 1
@@ -215,6 +277,8 @@ class EventPipeline:
 
     async def refresh_catalog(self, *, force: bool = False) -> int:
         """Reload the catalog from Redis when another worker changed it; returns items loaded."""
+        if self.store.catalog_pending:
+            await self.store.put_catalog({})  # items kept while Redis was down
         version = await self.store.catalog_version()
         if version is None or (version == self._catalog_version and not force):
             return 0
@@ -229,11 +293,54 @@ class EventPipeline:
 
     async def expire_idle(self) -> int:
         """End idle sessions (event time) so churn learns from sessions that just stopped."""
-        ended = self.engine.expire_idle(self.states.values(), watermark=self.engine.watermark)
-        if ended:
-            now = self.clock_ms()
-            await self._checkpoint({s.user_id: s for s in ended}, {}, now)
-        return len(ended)
+        async with self._lock:
+            ended = self.engine.expire_idle(self.states.values(), watermark=self.engine.watermark)
+            if ended:
+                now = self.clock_ms()
+                await self._checkpoint({s.user_id: s for s in ended}, {}, now)
+            return len(ended)
+
+    async def publish_arm_metrics(self) -> bool:
+        """Write the per-arm outcome metrics to ``{prefix}metrics:arms`` (JSON) and log them.
+
+        This worker's view only: with several workers each publishes the users it owns, so the
+        key holds the last writer's share (``ArmMetrics.merge`` adds views up).
+        """
+        metrics = self.engine.arm_metrics
+        arms = metrics.arms
+        fingerprint = tuple((name, t.impressions, t.sessions) for name, t in sorted(arms.items()))
+        if not arms or fingerprint == self._arm_metrics_published:
+            return False
+        self._arm_metrics_published = fingerprint
+        log.info(
+            "arms: %s",
+            "; ".join(
+                f"{name} click_rate={t.click_rate:.4f} play_rate={t.play_rate:.4f} "
+                f"no_play_share={t.no_play_share:.3f} sessions={t.sessions}"
+                for name, t in sorted(arms.items())
+            ),
+        )
+        return await self.store.write(
+            {self.store.key("metrics", "arms"): orjson.dumps(metrics.to_dict())}
+        )
+
+    async def publish_worker_metrics(self) -> bool:
+        """Write counters and the processing-time histogram to ``{prefix}metrics:worker``.
+
+        The histogram (time from a batch's consumption to its outputs acked and its state
+        checkpointed, once per event of the batch) is cumulative and HDR-encoded:
+        ``insession bench`` reads it at the start and the end of a phase and subtracts.
+        """
+        payload = {
+            "ts_ms": self.clock_ms(),
+            "events": self.counters["events"],
+            "pages": self.counters["pages"],
+            "batches": self.counters["batches"],
+            "users_in_memory": len(self.states),
+            "processing": self.processing.summary_ms(),
+            "processing_hdr": self.processing.histogram.encode().decode("ascii"),
+        }
+        return await self.store.write({self.store.key("metrics", "worker"): orjson.dumps(payload)})
 
     async def checkpoint_models(self) -> bool:
         """Save a signed snapshot of every model to Redis."""
@@ -260,6 +367,24 @@ class EventPipeline:
             return False
         self.engine.replace_models(restore_models(snapshot.models, self.engine.config))
         return True
+
+    def assign_partitions(self, partitions: Iterable[int]) -> None:
+        """The runtime's new assignment (the whole set of partitions this worker now owns)."""
+        self.owned_partitions = set(partitions)
+
+    async def revoke_partitions(self, partitions: Iterable[int]) -> int:
+        """Hand partitions back: wait for the batch in flight, then forget their users.
+
+        Waiting matters: the batch's checkpoint must reach Redis before the next owner loads
+        these users, and the batch must not put users back into memory after they were
+        dropped (a stale copy would be used if the partition came back later; found by the
+        two-worker test in tests/integration/test_faults.py).
+        """
+        revoked = set(partitions)
+        async with self._lock:
+            if self.owned_partitions is not None:
+                self.owned_partitions -= revoked
+            return self.drop_partitions(revoked)
 
     def drop_partitions(self, partitions: Iterable[int]) -> int:
         """Forget users of revoked partitions: their next owner loads them from Redis."""

@@ -36,15 +36,20 @@ class RedisStore:
         ttl_s: int = 86_400,
         password: str | None = None,
         max_buffered_keys: int = 200_000,
+        ssl_ca_certs: str | None = None,
     ) -> None:
+        options: dict[str, object] = {}
+        if ssl_ca_certs and url.startswith("rediss://"):
+            options["ssl_ca_certs"] = ssl_ca_certs  # TLS comes from the rediss:// scheme
         self.client = aioredis.Redis.from_url(
-            url, password=password, socket_timeout=2.0, socket_connect_timeout=2.0
+            url, password=password, socket_timeout=2.0, socket_connect_timeout=2.0, **options
         )
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.counters: Counter[str] = Counter()
         self._buffer: OrderedDict[str, bytes] = OrderedDict()
         self._max_buffered = max_buffered_keys
+        self._catalog_pending: OrderedDict[str, bytes] = OrderedDict()
         self._failing = False
 
     def key(self, kind: str, name: str = "") -> str:
@@ -134,18 +139,40 @@ class RedisStore:
         """Writes waiting for Redis to come back."""
         return len(self._buffer)
 
+    @property
+    def catalog_pending(self) -> int:
+        """Catalog items waiting for Redis to come back."""
+        return len(self._catalog_pending)
+
     # -- catalog ---------------------------------------------------------------------------
 
-    async def put_catalog(self, items: dict[str, bytes]) -> None:
-        """Store catalog items (no TTL: the catalog is reference data) and bump the version."""
+    async def put_catalog(self, items: dict[str, bytes]) -> bool:
+        """Store catalog items (no TTL: the catalog is reference data) and bump the version.
+
+        Items that cannot be written (Redis down) are kept, bounded like the other writes,
+        and retried with the next call (``put_catalog({})`` retries only them): the catalog
+        topic's offsets are committed regardless, so this copy is the only one left.
+        """
+        pending = self._catalog_pending
+        for item_id, value in items.items():
+            pending.pop(item_id, None)
+            pending[item_id] = value
+        while len(pending) > self._max_buffered:
+            pending.popitem(last=False)
+            self.counters["redis_writes_dropped"] += 1
+        if not pending:
+            return True
         try:
             pipe = self.client.pipeline(transaction=True)
-            pipe.hset(self.key("catalog"), mapping=items)
+            pipe.hset(self.key("catalog"), mapping=dict(pending))
             pipe.incr(self.key("catalog", "version"))
             await pipe.execute()
         except (RedisError, OSError) as error:
             self.counters["redis_write_failures"] += 1
-            log.warning("redis catalog write failed (%s)", error)
+            log.warning("redis catalog write failed (%s); %d items kept", error, len(pending))
+            return False
+        pending.clear()
+        return True
 
     async def catalog_version(self) -> int | None:
         """Counter bumped on every catalog write, so workers reload only when it moved."""

@@ -1,0 +1,52 @@
+"""``insession bench --quick`` runs end to end against the test broker: a smoke run.
+
+No thresholds: targets belong in the benchmark (BENCHMARKS.md), not in timed tests. This only
+checks that every measurement ran and reported numbers with their baselines beside them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+
+from tests.integration.harness import REPO_ROOT
+
+
+def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -> None:
+    env = dict(os.environ, REDIS_URL=redis_url)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "bench",
+            "--quick",
+            "--json",
+            "--bootstrap",
+            bootstrap,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=280,
+    )
+    stderr = completed.stderr.decode(errors="replace")
+    assert completed.returncode == 0, stderr[-3000:]
+    result = orjson.loads(completed.stdout)
+
+    for system in ("broker_floor", "faust_floor", "insession"):
+        assert "error" not in result[system], result[system]
+        lowest = result[system]["offered"][0]
+        assert lowest["latency"]["count"] > 0, (system, lowest)
+        assert lowest["missing"] == 0, (system, lowest)
+        assert result[system]["max_throughput"]["events"] > 0
+    assert result["insession"]["offered"][0]["in_worker_processing"]["count"] > 0
+    assert result["engine_alone"]["events"] > 0
+    assert result["engine_alone"]["events_per_s"] > 0
+    assert [p["users"] for p in result["memory"]["populations"]] == [1_000, 10_000]
+    assert result["memory"]["populations"][0]["state_bytes_per_session"] > 0
+    assert result["ratios"]["latency"], "insession latency is reported beside its floors"
+    assert "throughput_over_faust" in result["ratios"]

@@ -1,0 +1,157 @@
+"""The benchmark harness reports what it measures: synthetic, known delays in, percentiles out.
+
+A fake clock drives the paced sender, so the tests are exact and take milliseconds; HDR
+histograms keep 3 significant digits, hence the 0.1% tolerances.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.codec import encode_event
+from stream.bench.kafka_run import event_id_in
+from stream.bench.stats import LatencyTracker, Schedule, histogram_difference, run_paced
+from stream.bench.traffic import Traffic, seq_of_event_id
+from stream.demo_traffic import demo_catalog
+from stream.latency import LatencyRecorder
+
+MS = 1_000_000  # ns
+
+
+class FakeClock:
+    """Nanosecond clock that only moves when the code under test sleeps or a send blocks."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(int(seconds * 1e9), 1)
+
+
+def _paced_run(
+    schedule: Schedule, delay_of: dict[int, int], stall_at: int | None = None, stall_ns: int = 0
+) -> LatencyTracker:
+    """Send the schedule; each answer arrives ``delay_of.get(seq, 0)`` ns after its real send."""
+    clock = FakeClock()
+    tracker = LatencyTracker(schedule, start_ns=0)
+
+    def send(seq: int) -> None:
+        if seq == stall_at:
+            clock.now += stall_ns  # the system blocks the sender (a full queue, a GC pause)
+        tracker.on_received(seq, clock.now + delay_of.get(seq, 0))
+
+    run_paced(schedule, send, start_ns=0, clock=clock, sleep=clock.sleep, tracker=tracker)
+    return tracker
+
+
+def test_schedule_counts_and_due_times() -> None:
+    schedule = Schedule(rate=200.0, duration_s=10.0, warmup_s=3.0)
+    assert (schedule.count, schedule.warmup_count) == (2600, 600)
+    assert schedule.due_ns(0, start_ns=5) == 5
+    assert schedule.due_ns(200, start_ns=5) == 1_000_000_005
+    with pytest.raises(ValueError):
+        Schedule(rate=0.0, duration_s=1.0)
+
+
+def test_a_constant_delay_is_every_percentile() -> None:
+    schedule = Schedule(rate=1_000.0, duration_s=2.0, warmup_s=0.5)
+    tracker = _paced_run(schedule, dict.fromkeys(range(schedule.count), 5 * MS))
+    summary = tracker.summary()
+    latency = summary["latency"]
+    assert latency["count"] == 2_000  # the 500 warm-up messages are not counted
+    for key in ("p50_ms", "p99_ms", "p999_ms", "max_ms"):
+        assert latency[key] == pytest.approx(5.0, rel=1e-3)
+    assert (summary["answers"], summary["missing"], summary["duplicates"]) == (2_000, 0, 0)
+    assert summary["sender_lag"]["max_ms"] < 0.01
+
+
+def test_percentiles_of_a_known_distribution() -> None:
+    """Delays 1..1000 µs in a known order: p50 = 500 µs, p99 = 990 µs, max = 1 ms."""
+    schedule = Schedule(rate=1_000.0, duration_s=1.0)
+    delays = {seq: (seq % 1_000 + 1) * 1_000 for seq in range(schedule.count)}
+    latency = _paced_run(schedule, delays).summary()["latency"]
+    assert latency["p50_ms"] == pytest.approx(0.500, rel=2e-3)
+    assert latency["p99_ms"] == pytest.approx(0.990, rel=2e-3)
+    assert latency["max_ms"] == pytest.approx(1.000, rel=2e-3)
+
+
+def test_warm_up_is_excluded() -> None:
+    schedule = Schedule(rate=100.0, duration_s=1.0, warmup_s=1.0)
+    delays = {seq: (900 * MS if seq < 100 else 2 * MS) for seq in range(schedule.count)}
+    latency = _paced_run(schedule, delays).summary()["latency"]
+    assert latency["count"] == 100
+    assert latency["max_ms"] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_a_stall_counts_for_every_message_it_delayed() -> None:
+    """Coordinated omission: a 100 ms stall at 1,000/s delays ~100 messages, not one.
+
+    Timed from the real send, every answer here is instant (the stall would vanish); timed
+    from the intended send, the messages due during the stall wait 100 ms down to 0 ms.
+    """
+    schedule = Schedule(rate=1_000.0, duration_s=1.0)
+    tracker = _paced_run(schedule, {}, stall_at=500, stall_ns=100 * MS)
+    histogram = tracker.latency.histogram
+    assert tracker.latency.percentile_ms(100) == pytest.approx(100.0, rel=1e-3)
+    delayed = sum(
+        bucket.count_at_value_iterated_to
+        for bucket in histogram.get_recorded_iterator()
+        if bucket.value_iterated_to >= 1_000  # ≥ 1 ms
+    )
+    assert 99 <= delayed <= 101
+    at_least_half = sum(
+        bucket.count_at_value_iterated_to
+        for bucket in histogram.get_recorded_iterator()
+        if bucket.value_iterated_to >= 50_000
+    )
+    assert 49 <= at_least_half <= 51
+    # The sender knows it was late too: that is the load generator's lag, reported beside.
+    assert tracker.send_lag.percentile_ms(100) == pytest.approx(100.0, rel=1e-3)
+
+
+def test_missing_and_duplicate_answers_are_counted_not_measured() -> None:
+    schedule = Schedule(rate=10.0, duration_s=1.0)
+    tracker = LatencyTracker(schedule, start_ns=0)
+    for seq in range(10):
+        if seq != 3:
+            tracker.on_received(seq, schedule.due_ns(seq, 0) + MS)
+    tracker.on_received(5, schedule.due_ns(5, 0) + 500 * MS)  # redelivered later: ignored
+    tracker.on_received(99, 0)  # not part of this phase
+    summary = tracker.summary(expected=lambda seq: seq != 7)
+    assert summary["expected_answers"] == 9
+    assert summary["missing"] == 1  # seq 3; seq 7 was never expected
+    assert summary["duplicates"] == 1
+    assert summary["latency"]["max_ms"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_a_phase_is_the_difference_of_two_cumulative_snapshots() -> None:
+    worker = LatencyRecorder()
+    for micros in (100, 200, 300):
+        worker.record_us(micros, count=10)
+    start = worker.histogram.encode()
+    for micros in (5_000, 7_000):
+        worker.record_us(micros, count=4)
+    end = worker.histogram.encode()
+
+    from hdrh.histogram import HdrHistogram
+
+    phase = histogram_difference(HdrHistogram.decode(end), HdrHistogram.decode(start))
+    assert phase.count == 8
+    assert phase.percentile_ms(0) == pytest.approx(5.0, rel=1e-3)
+    assert phase.percentile_ms(100) == pytest.approx(7.0, rel=1e-3)
+
+
+def test_outputs_are_matched_to_their_event() -> None:
+    traffic = Traffic(demo_catalog(), users=50, run_id="b1a2")
+    templates = traffic.templates(2_000)
+    share = sum(t.triggers_page for t in templates) / len(templates)
+    assert 0.4 < share < 0.8, share
+    raw = encode_event(traffic.stamp(templates[7], "b1a2-1234", 1_700_000_000_000))
+    event_id = event_id_in(raw, b'"event_id":"')
+    assert event_id == "b1a2-1234"
+    assert seq_of_event_id(event_id) == 1234
+    again = Traffic(demo_catalog(), users=50, run_id="b1a2").templates(2_000)
+    assert [t.event for t in again] == [t.event for t in templates], "deterministic"
