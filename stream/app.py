@@ -24,7 +24,7 @@ from stream.config import Settings
 from stream.pipeline import EventPipeline, RawMessage
 from stream.redis_store import RedisStore
 
-__all__ = ["WorkerApp", "create_app", "faust_broker_urls"]
+__all__ = ["WorkerApp", "create_app", "faust_broker_urls", "make_faust_app", "raw_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +71,55 @@ def _credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def make_faust_app(settings: Settings, app_id: str) -> faust.App:
+    """A Faust app with the worker's settings: raw bytes, our transport, latency-tuned timings.
+
+    Shared by the worker and the benchmark's Faust floor, so the floor measures exactly the
+    Faust configuration the worker runs with.
+    """
+    app = faust.App(
+        app_id,
+        broker=faust_broker_urls(settings.bootstrap_servers),
+        broker_credentials=_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_commit_interval=1.0,
+        producer_linger_ms=settings.producer_linger_ms,
+        producer_acks=-1,
+        stream_wait_empty=False,
+    )
+    app.insession_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app
+
+
+def raw_topic(app: faust.App, name: str, partitions: int) -> Any:
+    """A topic of raw bytes keys and values (decoding is ours, never Faust's codecs)."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
 class WorkerApp:
     """A Faust app wired to one EventPipeline."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = faust.App(
-            settings.app_id,
-            broker=faust_broker_urls(settings.bootstrap_servers),
-            broker_credentials=_credentials(settings),
-            value_serializer="raw",
-            key_serializer="raw",
-            web_enabled=False,
-            topic_partitions=settings.partitions,
-            topic_allow_declare=True,
-            table_standby_replicas=0,
-            consumer_auto_offset_reset="earliest",
-            broker_session_timeout=settings.session_timeout_s,
-            broker_heartbeat_interval=settings.heartbeat_interval_s,
-            broker_rebalance_timeout=settings.rebalance_timeout_s,
-            broker_commit_interval=1.0,
-            producer_linger_ms=settings.producer_linger_ms,
-            producer_acks=-1,
-            stream_wait_empty=False,
-        )
-        self.app.insession_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+        self.app = make_faust_app(settings, settings.app_id)
         self.topics = {
-            name: self.app.topic(
-                name,
-                key_type=bytes,
-                value_type=bytes,
-                key_serializer="raw",
-                value_serializer="raw",
-                partitions=partitions,
-            )
+            name: raw_topic(self.app, name, partitions)
             for name, partitions in settings.output_topics().items()
         }
         self.store = RedisStore(

@@ -20,7 +20,7 @@ from typing import Any
 import faust
 import uvloop
 
-from stream.app import faust_broker_urls
+from stream.app import make_faust_app, raw_topic
 from stream.config import Settings
 
 __all__ = ["create_forwarder", "main"]
@@ -28,33 +28,9 @@ __all__ = ["create_forwarder", "main"]
 
 def create_forwarder(settings: Settings, in_topic: str, out_topic: str, app_id: str) -> Any:
     """The Faust app with its one forwarding agent."""
-    app = faust.App(
-        app_id,
-        broker=faust_broker_urls(settings.bootstrap_servers),
-        value_serializer="raw",
-        key_serializer="raw",
-        web_enabled=False,
-        topic_partitions=settings.partitions,
-        topic_allow_declare=True,
-        table_standby_replicas=0,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_commit_interval=1.0,
-        producer_linger_ms=settings.producer_linger_ms,
-        producer_acks=-1,
-        stream_wait_empty=False,
-    )
-    app.insession_fetch_max_wait_ms = settings.fetch_max_wait_ms
-    raw = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    source = app.topic(in_topic, partitions=settings.partitions, **raw)
-    sink = app.topic(out_topic, partitions=settings.partitions, **raw)
+    app = make_faust_app(settings, app_id)
+    source = raw_topic(app, in_topic, settings.partitions)
+    sink = raw_topic(app, out_topic, settings.partitions)
 
     async def forward_events(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
