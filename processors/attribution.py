@@ -187,12 +187,14 @@ class ArmMetrics:
     # -- the engine's hook -----------------------------------------------------------------
 
     def observe(self, effects: Effects) -> None:
-        """Count what one processed event caused (the engine calls this for every event)."""
+        """Count the outcome one processed event reports (the engine calls this for every event).
+
+        Pages are counted where the engine serves them (`record_page`), since a coalesced
+        page is served at the end of a batch rather than by an event.
+        """
         event = effects.event
         if event is None or effects.duplicate or effects.dead_letter is not None:
             return
-        if effects.page is not None:
-            self.record_page(effects.page.variant)
         if event.recommendation_id is None or event.type not in OUTCOME_FIELDS:
             return
         variant = effects.attributed_variant

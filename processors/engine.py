@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,8 @@ class Engine:
         self.learning = True
         #: Per-arm outcome metrics (impression→click, plays, sessions without a play, ...).
         self.arm_metrics = ArmMetrics()
+        #: user id → trigger event ids whose page was deferred to a later event of the batch.
+        self._owed: dict[str, list[str]] = {}
 
     # -- entry points ------------------------------------------------------------------
 
@@ -157,8 +159,14 @@ class Engine:
         now: int,
         raw: bytes = b"",
         source: SourcePosition = SourcePosition(),
+        serve_page: bool = True,
     ) -> Effects:
-        """Apply one decoded event to the user's state and produce the outputs it causes."""
+        """Apply one decoded event to the user's state and produce the outputs it causes.
+
+        ``serve_page=False`` defers the page of a trigger event: a later event of the same
+        batch (see `serving_plan`) serves one page that answers both, listing the deferred
+        trigger in ``Page.coalesced_event_ids``; `settle_pages` serves what is still owed.
+        """
         config = self.config
         self.counters["events_in"] += 1
         reason = self._reject_reason(event, state, now)
@@ -187,10 +195,49 @@ class Engine:
         self._update_indexes(state, event)
         effects.alert = self._churn_check(state, event)
         if event.type in config.page_trigger_types:
-            effects.page = self._serve_page(state, event, now)
+            if serve_page:
+                owed = self._owed.pop(state.user_id, ())
+                effects.page = self._serve_page(state, event.event_id, now, owed)
+            else:
+                self._owed.setdefault(state.user_id, []).append(event.event_id)
+                self.counters["pages_coalesced"] += 1
         self.counters["events_accepted"] += 1
         self.arm_metrics.observe(effects)
         return effects
+
+    def serving_plan(self, events: Sequence[BehaviourEvent | DeadLetter]) -> list[bool]:
+        """For a batch of decoded events, which ones serve their page (``serve_page``).
+
+        A user's last trigger event in the batch serves the page; that user's earlier triggers
+        defer to it. Their pages would be superseded within milliseconds, before any client
+        could show them, and building them was most of the worker's time under load. Every
+        page that is served is identical to the one event-at-a-time processing builds for the
+        same trigger: the page is built at that event's place in the stream, with the models
+        as they are there.
+        """
+        triggers = self.config.page_trigger_types
+        last: dict[str, int] = {}
+        for index, event in enumerate(events):
+            if isinstance(event, BehaviourEvent) and event.type in triggers:
+                last[event.user_id] = index
+        plan = [True] * len(events)
+        for index, event in enumerate(events):
+            if isinstance(event, BehaviourEvent) and event.type in triggers:
+                plan[index] = last[event.user_id] == index
+        return plan
+
+    def settle_pages(self, states: Mapping[str, UserState], *, now: int) -> list[Page]:
+        """Serve the pages still owed at the end of a batch, one per user.
+
+        Only needed when a user's last trigger in the batch did not serve (it was a duplicate
+        or was dead-lettered): the deferred triggers still get their answer, built now.
+        """
+        owed, self._owed = self._owed, {}
+        return [
+            self._serve_page(states[user_id], event_ids[-1], now, event_ids[:-1])
+            for user_id, event_ids in owed.items()
+            if user_id in states
+        ]
 
     def apply_catalog(self, item: CatalogItem) -> None:
         """Add or update a catalog item."""
@@ -414,14 +461,17 @@ class Engine:
 
     # -- pages -----------------------------------------------------------------------------
 
-    def _serve_page(self, state: UserState, event: BehaviourEvent, now: int) -> Page:
-        recommendation_id = stable_id("rec", state.user_id, event.event_id)
+    def _serve_page(
+        self, state: UserState, trigger_event_id: str, now: int, coalesced: Sequence[str] = ()
+    ) -> Page:
+        recommendation_id = stable_id("rec", state.user_id, trigger_event_id)
         served = self.pages.build(
             state,
             recommendation_id=recommendation_id,
-            trigger_event_id=event.event_id,
-            now=max(event.ts, state.last_ts),
+            trigger_event_id=trigger_event_id,
+            now=state.last_ts,
             generated_at=now,
+            coalesced_event_ids=tuple(coalesced),
         )
         if len(served.item_ids):
             self._served[recommendation_id] = served.for_labels()  # no Page kept: memory
@@ -432,6 +482,7 @@ class Engine:
         if len(state.recent_pages) > _RECENT_PAGES:
             del state.recent_pages[next(iter(state.recent_pages))]
         self.counters["pages"] += 1
+        self.arm_metrics.record_page(served.page.variant)
         return served.page
 
     # -- dead letters ----------------------------------------------------------------------

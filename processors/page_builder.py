@@ -139,6 +139,7 @@ class PageBuilder:
         trigger_event_id: str,
         now: int,
         generated_at: int,
+        coalesced_event_ids: tuple[str, ...] = (),
     ) -> ServedPage:
         """Build the page for the user's current session.
 
@@ -159,6 +160,7 @@ class PageBuilder:
             generated_at=generated_at,
             rows=page_rows,
             variant=state.variant,
+            coalesced_event_ids=coalesced_event_ids,
         )
         return ServedPage(page=page, item_ids=item_ids, features=features)
 

@@ -372,6 +372,7 @@ _CATALOG_FIELDS: Final = (
     _Field("genres", "array<string>", False, _STRINGS, ()),
     _Field("duration_s", "int", False, _int_between(0, _INT_MAX), 0),
     _Field("artworks", "array<string>", False, _STRINGS, ()),
+    _Field("artwork_styles", "array<string>", False, _STRINGS, ()),
 )
 _ANY_DOUBLE: Final = _float_between(-math.inf, math.inf)
 _LONG: Final = _int_between(_LONG_MIN, _LONG_MAX)
@@ -393,6 +394,7 @@ _PAGE_FIELDS: Final = (
     _Field("generated_at", "long", True, _LONG),
     _Field("rows", "array<PageRow>", True, _list_of(_record_of(_PAGE_ROW_FIELDS, PageRow))),
     _Field("variant", "string", False, _string, "personalized"),
+    _Field("coalesced_event_ids", "array<string>", False, _STRINGS, ()),
 )
 _CHURN_ALERT_FIELDS: Final = (
     _Field("alert_id", "string", True, _string),
@@ -536,7 +538,14 @@ def _event_from(obj: Mapping[str, Any], limits: CodecLimits) -> BehaviourEvent:
 
 
 def _catalog_item_from(obj: Mapping[str, Any], limits: CodecLimits) -> CatalogItem:
-    return CatalogItem(*_read_fields(obj, _CATALOG_FIELDS, limits))
+    item = CatalogItem(*_read_fields(obj, _CATALOG_FIELDS, limits))
+    if item.artwork_styles and len(item.artwork_styles) != len(item.artworks):
+        raise DecodeError(
+            f"expected one style per artwork ({len(item.artworks)}), "
+            f"got {len(item.artwork_styles)}",
+            "artwork_styles",
+        )
+    return item
 
 
 def _page_from(obj: Mapping[str, Any], limits: CodecLimits) -> Page:
@@ -746,8 +755,9 @@ def decode_catalog_item(
 
     Examples
     --------
-    >>> decode_catalog_item(b'{"item_id": "i1", "genres": ["drama"], "duration_s": 60}')
-    CatalogItem(item_id='i1', title='', genres=('drama',), duration_s=60, artworks=())
+    >>> item = decode_catalog_item(b'{"item_id": "i1", "genres": ["drama"], "duration_s": 60}')
+    >>> item.item_id, item.genres, item.duration_s, item.artworks
+    ('i1', ('drama',), 60, ())
     """
     return _decode(raw, content_type, limits, "CatalogItem", _catalog_item_from, _catalog_item_from)
 
@@ -758,7 +768,7 @@ def encode_catalog_item(item: CatalogItem, fmt: str = "json") -> bytes:
     Examples
     --------
     >>> encode_catalog_item(CatalogItem("i1", duration_s=60))
-    b'{"item_id":"i1","title":"","genres":[],"duration_s":60,"artworks":[]}'
+    b'{"item_id":"i1","title":"","genres":[],"duration_s":60,"artworks":[],"artwork_styles":[]}'
     """
     _check_format(fmt)
     if fmt == _JSON:

@@ -59,6 +59,10 @@ class CatalogItem:
     genres: tuple[str, ...] = ()
     duration_s: int = 0
     artworks: tuple[str, ...] = ()
+    #: Visual style tag of each artwork ("character-closeup", "landscape", ...), in the order of
+    #: ``artworks``; empty when the catalog has none. Lets artwork choice learn per style and
+    #: carry a user's taste from one title's poster to another's.
+    artwork_styles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,10 @@ class Page:
     generated_at: int
     rows: tuple[PageRow, ...]
     variant: str = "personalized"
+    #: Earlier trigger events of the same user, consumed in the same batch, that this page
+    #: answers instead of pages of their own (each would have been superseded within
+    #: milliseconds). Empty when the page answers its trigger event alone.
+    coalesced_event_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

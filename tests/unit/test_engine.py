@@ -384,3 +384,77 @@ def test_rows_are_ordered_by_predicted_engagement() -> None:
     assert [plan.row_id for plan, _ in arranged] == ["high", "mid", "low"]
     placed = [item_id for _, items in arranged for item_id, _ in items]
     assert placed == ["a", "d", "e", "f", "b", "c"], "best first within a row; each item once"
+
+
+def _browsing_batch(users: int, views: int) -> list[BehaviourEvent]:
+    """Interleaved page views of several users: impressions, scroll-pasts, a click or two."""
+    events: list[BehaviourEvent] = []
+    ts = T0
+    for view in range(views):
+        for u in range(users):
+            user = f"user{u}"
+            if view == 0:
+                events.append(_event(user, "session_start", ts, session_id=f"{user}-s"))
+            genre = GENRES[(u + view) % len(GENRES)]
+            for k in range(3):
+                item = f"{genre}-{(view + k) % 12}"
+                events.append(_event(user, "impression", ts + k, item, session_id=f"{user}-s"))
+                kind = "click" if (u + view + k) % 4 == 0 else "scroll_past"
+                events.append(_event(user, kind, ts + k + 1, item, session_id=f"{user}-s"))
+            ts += 50
+    return events
+
+
+def _strip_clock(page: Page) -> tuple[object, ...]:
+    return (page.user_id, page.recommendation_id, page.trigger_event_id, page.rows, page.variant)
+
+
+def test_coalesced_pages_are_the_pages_event_at_a_time_processing_serves() -> None:
+    events = _browsing_batch(users=4, views=3)
+    sequential, batched = _engine(), _engine()
+    seq_states: dict[str, UserState] = {}
+    by_trigger: dict[str, Page] = {}
+    for event in events:
+        effects = sequential.process(event, seq_states.get(event.user_id), now=event.ts)
+        seq_states[event.user_id] = effects.state  # type: ignore[assignment]
+        if effects.page is not None:
+            by_trigger[effects.page.trigger_event_id] = effects.page
+
+    states: dict[str, UserState] = {}
+    served: list[Page] = []
+    for start in range(0, len(events), 20):  # batches of 20, as a consumer would hand them
+        batch = events[start : start + 20]
+        for event, serve in zip(batch, batched.serving_plan(batch), strict=True):
+            effects = batched.process(
+                event, states.get(event.user_id), now=event.ts, serve_page=serve
+            )
+            states[event.user_id] = effects.state  # type: ignore[assignment]
+            if effects.page is not None:
+                served.append(effects.page)
+        assert batched.settle_pages(states, now=batch[-1].ts) == []  # nothing left owed
+
+    assert served and len(served) < len(by_trigger), "some pages were coalesced"
+    for page in served:
+        assert _strip_clock(page) == _strip_clock(by_trigger[page.trigger_event_id])
+    answered = [e for page in served for e in (*page.coalesced_event_ids, page.trigger_event_id)]
+    assert sorted(answered) == sorted(by_trigger), "every trigger is answered exactly once"
+    assert batched.counters["pages_coalesced"] == len(by_trigger) - len(served)
+
+
+def test_pages_owed_by_a_rejected_last_trigger_are_settled_at_the_end_of_the_batch() -> None:
+    engine = _engine()
+    states: dict[str, UserState] = {}
+    start = _event("bob", "session_start", T0)
+    click = _event("bob", "click", T0 + 10, "horror-1")
+    replayed = BehaviourEvent(start.event_id, "bob", "session_start", T0)  # a redelivery
+    batch = [start, click, replayed]
+    plan = engine.serving_plan(batch)
+    assert plan == [False, False, True]
+    for event, serve in zip(batch, plan, strict=True):
+        effects = engine.process(event, states.get("bob"), now=T0 + 20, serve_page=serve)
+        states["bob"] = effects.state  # type: ignore[assignment]
+        assert effects.page is None
+    (page,) = engine.settle_pages(states, now=T0 + 20)
+    assert page.trigger_event_id == click.event_id
+    assert page.coalesced_event_ids == (start.event_id,)
+    assert engine.settle_pages(states, now=T0 + 30) == []
