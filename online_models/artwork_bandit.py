@@ -14,11 +14,14 @@ import numpy as np
 __all__ = ["ArtworkBandit"]
 
 _STATE_KIND = "artwork_bandit"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _GLOBAL = ""
 # Read-only stand-ins for a context or an artwork with no record yet.
 _EMPTY_TABLE: Mapping[str, Sequence[int]] = MappingProxyType({})
 _NO_COUNTS = (0, 0)
+_NO_EVIDENCE = (0.0, 0.0)
+_EMPTY_STYLES: Mapping[str, Sequence[float]] = MappingProxyType({})
 _MASK_128 = (1 << 128) - 1
 # Evicting a tenth of a full artwork table at once makes the O(n) scan for the least-observed
 # entries rare instead of once per new artwork.
@@ -109,6 +112,8 @@ class ArtworkBandit:
         self._tables: dict[str, dict[str, list[int]]] = {_GLOBAL: {}}
         # context -> artwork -> Beta parameters, filled by choose_many, dropped on update.
         self._params: dict[str, dict[str, tuple[float, float]]] = {}
+        # context -> artwork style -> [observed, expected] engagement (see update_style).
+        self._styles: dict[str, dict[str, list[float]]] = {_GLOBAL: {}}
         seed_bytes = str(self.seed).encode()
         self._seed_prefix = len(seed_bytes).to_bytes(4, "little") + seed_bytes
         # One generator, reseeded per draw: building a Generator costs ~27 µs (SeedSequence),
@@ -243,6 +248,107 @@ class ArtworkBandit:
             artworks[best[row]] if artworks else None for row, (_, artworks) in enumerate(items)
         ]
 
+    def update_style(self, style: str, observed: float, expected: float, *, context: str) -> None:
+        """Record a look at an artwork of ``style``: engagement observed, and expected from
+        everything but the poster (``processors.taste``: observed over expected).
+
+        Styles are shared by every title's artworks, so what one poster teaches about a style
+        carries to every other poster of that style: a per-artwork record needs each of
+        thousands of artworks to be shown dozens of times before it knows anything.
+        """
+        if expected <= 0.0 and observed <= 0.0:
+            return
+        for table_context in (_GLOBAL, context) if context != _GLOBAL else (_GLOBAL,):
+            table = self._styles.get(table_context)
+            if table is None:
+                if len(self._styles) - 1 >= self.max_contexts:
+                    self._evict_style_context()
+                    if self.max_contexts == 0:
+                        return
+                table = self._styles[table_context] = {}
+            counts = table.get(style)
+            if counts is None:
+                counts = table[style] = [0.0, 0.0]
+            counts[0] += observed
+            counts[1] += expected
+
+    def style_multiplier(self, style: str, context: str) -> float:
+        """How much a style's posters lift engagement in a context: observed over expected,
+        smoothed toward 1 with ``prior_alpha + prior_beta`` expected engagements, the rest of
+        the world blended in as for artworks (worth at most `backoff_observations`)."""
+        observed, expected = self._style_posterior(style, context)
+        return observed / expected
+
+    def choose_styled(
+        self,
+        items: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+        *,
+        context: str,
+        taste: Mapping[str, Sequence[float]],
+        strength: float,
+        draw_key: str,
+        explore: bool = True,
+    ) -> list[str | None]:
+        """Artworks for a page's items, chosen by the style this user is drawn to.
+
+        ``items`` are ``(item_id, artworks, styles)`` with one style per artwork (or none).
+        Each style's pull on this user is a multiplier: their own ``taste`` evidence
+        (``[observed, expected]`` engagement per style) over ``strength`` expected
+        engagements at the style's multiplier in this context (a device: small screens
+        favour faces, TVs scenes). With ``explore`` the context's multipliers are a Thompson
+        draw from their Gamma-Poisson posteriors, one per style per page: the population's
+        uncertainty is what needs exploring (a greedy choice never learns about a style it
+        stopped showing), and it shrinks as evidence grows; the user's part is the mean. Then
+        every item shows the artwork whose style scored highest, so the page is consistent.
+        Titles lacking the best style show the next best, which keeps evidence about the
+        others coming. Items without style tags fall back to `choose_many`.
+        """
+        styles = sorted({style for _, _, item_styles in items for style in item_styles})
+        priors = None
+        if explore and styles:
+            posteriors = np.array([self._style_posterior(style, context) for style in styles])
+            self._reseed(draw_key, "\x00styles")
+            drawn = self._generator.gamma(posteriors[:, 0], 1.0 / posteriors[:, 1]).tolist()
+            priors = dict(zip(styles, drawn, strict=True))
+        pulls = self.user_style_multipliers(
+            styles, context=context, taste=taste, strength=strength, priors=priors
+        )
+        chosen: list[str | None] = [None] * len(items)
+        untagged: list[int] = []
+        for index, (_, artworks, item_styles) in enumerate(items):
+            if not artworks:
+                continue
+            if len(item_styles) != len(artworks):
+                untagged.append(index)
+                continue
+            best = max(range(len(artworks)), key=lambda k: (pulls[item_styles[k]], -k))
+            chosen[index] = artworks[best]
+        if untagged:
+            fallback = self.choose_many(
+                [(items[k][0], items[k][1]) for k in untagged], context=context, draw_key=draw_key
+            )
+            for index, artwork_id in zip(untagged, fallback, strict=True):
+                chosen[index] = artwork_id
+        return chosen
+
+    def user_style_multipliers(
+        self,
+        styles: Sequence[str],
+        *,
+        context: str,
+        taste: Mapping[str, Sequence[float]],
+        strength: float,
+        priors: Mapping[str, float] | None = None,
+    ) -> dict[str, float]:
+        """Each style's posterior mean multiplier for one user (see `choose_styled`); the
+        context's multipliers are the prior unless ``priors`` gives drawn ones."""
+        pulls = {}
+        for style in styles:
+            observed, expected = taste.get(style, _NO_EVIDENCE)
+            prior = priors[style] if priors is not None else self.style_multiplier(style, context)
+            pulls[style] = (observed + strength * prior) / (expected + strength)
+        return pulls
+
     def update(self, artwork_id: str, clicked: bool, *, context: str) -> None:
         """Record one show of an artwork and whether it was clicked.
 
@@ -318,6 +424,13 @@ class ArtworkBandit:
                 ]
                 for context, t in self._tables.items()
             ],
+            "styles": [
+                [
+                    context,
+                    [[style, observed, expected] for style, (observed, expected) in t.items()],
+                ]
+                for context, t in self._styles.items()
+            ],
         }
 
     @classmethod
@@ -349,10 +462,10 @@ class ArtworkBandit:
         """
         if state.get("kind") != _STATE_KIND:
             raise ValueError(f"not an {_STATE_KIND} state: kind={state.get('kind')!r}")
-        if state.get("state_version") != _STATE_VERSION:
+        if state.get("state_version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"unsupported {_STATE_KIND} state_version {state.get('state_version')!r}; "
-                f"this code reads version {_STATE_VERSION}"
+                f"this code reads versions {_READABLE_VERSIONS}"
             )
         try:
             bandit = cls(
@@ -370,10 +483,19 @@ class ArtworkBandit:
                     if not 0 <= int(clicks) <= int(shows):
                         raise ValueError(f"clicks {clicks!r} outside [0, shows={shows!r}]")
                     table[str(artwork_id)] = [int(clicks), int(shows)]
+            styles: dict[str, dict[str, list[float]]] = {}
+            for context, rows in state.get("styles", ()):
+                style_table = styles[str(context)] = {}
+                for style, observed, expected in rows:
+                    if not (float(observed) >= 0.0 and float(expected) >= 0.0):
+                        raise ValueError(f"style evidence {observed!r}, {expected!r} negative")
+                    style_table[str(style)] = [float(observed), float(expected)]
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed {_STATE_KIND} state: {exc!r}") from exc
         tables.setdefault(_GLOBAL, {})
+        styles.setdefault(_GLOBAL, {})
         bandit._tables = tables
+        bandit._styles = styles
         return bandit
 
     # Helpers
@@ -388,6 +510,30 @@ class ArtworkBandit:
             self.prior_beta,
             self.backoff_observations,
         )
+
+    def _style_posterior(self, style: str, context: str) -> tuple[float, float]:
+        """Observed and expected engagement of a style in a context, plus the prior (a
+        multiplier of 1 worth ``prior_alpha + prior_beta``) and the rest of the world's
+        record scaled to at most `backoff_observations` expected engagements."""
+        prior = self.prior_alpha + self.prior_beta
+        global_counts = self._styles[_GLOBAL].get(style, _NO_EVIDENCE)
+        if context == _GLOBAL:
+            observed, expected = global_counts
+            return prior + observed, prior + expected
+        observed, expected = self._styles.get(context, _EMPTY_STYLES).get(style, _NO_EVIDENCE)
+        rest_observed = max(global_counts[0] - observed, 0.0)
+        rest_expected = max(global_counts[1] - expected, 0.0)
+        if rest_expected > self.backoff_observations:
+            rest_observed *= self.backoff_observations / rest_expected
+            rest_expected = float(self.backoff_observations)
+        return prior + observed + rest_observed, prior + expected + rest_expected
+
+    def _evict_style_context(self) -> None:
+        """Drop the named style context with the fewest examinations."""
+        named = [context for context in self._styles if context != _GLOBAL]
+        if named:
+            least = min(named, key=lambda c: sum(n for _, n in self._styles[c].values()))
+            del self._styles[least]
 
     def _reseed(self, draw_key: str, item_id: str) -> None:
         """Point the generator at the stream of ``(seed, draw_key, item_id)``."""

@@ -176,6 +176,15 @@ class OnlineLogistic:
             proba[logits > _SIGMOID_CLAMP] = 1.0
         return proba
 
+    def raw_weight(self, name: str) -> float:
+        """The logit's slope in one feature's raw (unscaled) units: weight / std.
+
+        What a score moves by when that feature moves by one; the page builder uses it to
+        turn an exploratory draw of a feature into a score change the model agrees with.
+        """
+        index = self.feature_names.index(name)
+        return float(self._scoring_arrays()[1][index])
+
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
         """Each feature's share of the logit, to explain a score.
 

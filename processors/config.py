@@ -54,8 +54,26 @@ class EngineConfig:
     knn_candidates: int = 60
     trending_candidates: int = 40
     genre_candidates: int = 20
-    #: Ranker scores are blended with a heuristic prior until the ranker has seen this many labels.
-    ranker_warmup_labels: int = 200
+    #: The ranker's SGD learning rate and L2 penalty (``online_models.logistic``).
+    ranker_lr: float = 0.01
+    ranker_l2: float = 0.0001
+    #: Labels are clicks (positive) and scroll-pasts (negative): titles the user looked at. An
+    #: impression nobody answered was most often never looked at (position bias), so it is not
+    #: a negative unless this is set (then it becomes one after ``impression_timeout_ms``).
+    learn_unanswered_impressions: bool = False
+    #: Taste evidence (``processors.taste``) kept when a session ends, as a share of its weight.
+    taste_carry_over: float = 0.5
+    #: Pseudo-examinations of the population's rate behind a user's genre and style rates and
+    #: behind each title's click rate: how much evidence it takes to move them.
+    genre_taste_strength: float = 2.0
+    style_taste_strength: float = 10.0
+    item_rate_strength: float = 20.0
+    #: Artwork style by a Thompson draw from the user's style posterior (True) or by its mean.
+    style_exploration: bool = True
+    #: Log-score a title loses in "Top picks" per title of its genre already ahead of it.
+    genre_diversity: float = 0.5
+    #: Titles of every genre added to the candidates so an unexplored taste can be found.
+    explore_per_genre: int = 3
     #: Alert when churn risk reaches the threshold; re-arm once it falls below ``churn_rearm``.
     churn_threshold: float = 0.7
     churn_rearm: float = 0.5

@@ -20,8 +20,15 @@ from processors.experiments import ArmAssigner
 from processors.features import SESSION_FEATURE_NAMES, session_features
 from processors.ids import stable_id
 from processors.page_builder import PageBuilder, ServedFeatures, session_key
-from processors.ports import ArtworkChooser, BinaryLearner, NextItemIndex, Popularity
-from processors.session_window import SEQUENCE_TYPES, update_window
+from processors.ports import (
+    ArtworkChooser,
+    BinaryLearner,
+    EngagementModel,
+    NextItemIndex,
+    Popularity,
+)
+from processors.session_window import SEQUENCE_TYPES, artwork_style, update_window
+from processors.taste import TASTE_TYPES, add_evidence, carry_over, engagement_of, rate
 from processors.user_state import PendingImpression, UserState
 from schemas.codec import (
     DEFAULT_LIMITS,
@@ -38,7 +45,8 @@ __all__ = ["Effects", "Engine", "EngineModels", "SourcePosition"]
 _TRENDING_WEIGHTS = {"click": 1.0, "play": 2.0, "completion": 1.0}
 _POSITIVE_TYPES = frozenset({"click", "play"})
 _RECENT_PAGES = 8
-_EARLIEST_TS = 946_684_800_000  # 2000-01-01: older timestamps are clock or unit errors
+_EARLIEST_TS = 946_684_800_000
+_NO_EVIDENCE = (0.0, 0.0)  # 2000-01-01: older timestamps are clock or unit errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,7 @@ class EngineModels:
     ranker: BinaryLearner
     churn: BinaryLearner
     bandit: ArtworkChooser
+    engagement: EngagementModel
 
 
 @dataclass(slots=True)
@@ -98,9 +107,7 @@ class Engine:
         self.models = models
         self.catalog = catalog if catalog is not None else Catalog()
         self.arms = ArmAssigner(config.experiment_name, config.arms)
-        self.pages = PageBuilder(
-            config, self.catalog, models.knn, models.trending, models.ranker, models.bandit
-        )
+        self.pages = self._page_builder(models)
         self.counters: Counter[str] = Counter()
         #: Serve-time features of recent pages, so labels learn from what was served. In memory
         #: only: after a restart, labels fall back to features recomputed at impression time.
@@ -191,6 +198,7 @@ class Engine:
             effects.attributed_variant = state.recent_pages.get(event.recommendation_id)
         item = self.catalog.get(event.item_id) if event.item_id is not None else None
         self._learn_from_outcome(state, event, effects)
+        self._learn_taste(state, event, item)
         update_window(state, event, item, config)
         self._update_indexes(state, event)
         effects.alert = self._churn_check(state, event)
@@ -312,9 +320,13 @@ class Engine:
         self.counters["sessions_started"] += 1
 
     def _end_session(self, state: UserState) -> None:
-        """Close the session: unanswered impressions become negatives, churn learns the ending."""
-        for pending in state.pending.values():
-            self._learn_rank(pending.features, False, pending.artwork_id, state)
+        """Close the session: churn learns how it ended, the taste evidence carries over at a
+        discount (and unanswered impressions become negatives, if configured)."""
+        for item_id, pending in state.pending.items():
+            self._learn_rank(item_id, pending.features, False, pending.artwork_id, state)
+        carry = self.config.taste_carry_over
+        carry_over(state.genre_evidence, carry)
+        carry_over(state.style_evidence, carry)
         churned = not state.has_played
         if self.learning:
             for snapshot in state.churn_snapshots:
@@ -339,7 +351,7 @@ class Engine:
             ]
             for item_id in expired:
                 pending = state.pending.pop(item_id)
-                self._learn_rank(pending.features, False, pending.artwork_id, state)
+                self._learn_rank(item_id, pending.features, False, pending.artwork_id, state)
                 effects.labels.append((item_id, False))
 
         item_id = event.item_id
@@ -347,10 +359,12 @@ class Engine:
             return
         event_type = event.type
         if event_type == "impression":
+            if not self.config.learn_unanswered_impressions:
+                return  # not a label: it waits for no answer
             features = self._served_features(event, state)
             previous = state.pending.pop(item_id, None)
             if previous is not None:  # shown again before any answer: the first showing failed
-                self._learn_rank(previous.features, False, previous.artwork_id, state)
+                self._learn_rank(item_id, previous.features, False, previous.artwork_id, state)
                 effects.labels.append((item_id, False))
             state.pending[item_id] = PendingImpression(
                 event.recommendation_id, event.ts, features, event.artwork_id
@@ -358,14 +372,18 @@ class Engine:
             if len(state.pending) > self.config.pending_impressions:
                 oldest_id = next(iter(state.pending))
                 oldest = state.pending.pop(oldest_id)
-                self._learn_rank(oldest.features, False, oldest.artwork_id, state)
+                self._learn_rank(oldest_id, oldest.features, False, oldest.artwork_id, state)
                 effects.labels.append((oldest_id, False))
         elif event_type in _POSITIVE_TYPES or event_type == "scroll_past":
             positive = event_type in _POSITIVE_TYPES
             pending = state.pending.pop(item_id, None)
             if pending is not None:
                 self._learn_rank(
-                    pending.features, positive, pending.artwork_id or event.artwork_id, state
+                    item_id,
+                    pending.features,
+                    positive,
+                    pending.artwork_id or event.artwork_id,
+                    state,
                 )
                 effects.labels.append((item_id, positive))
             elif event.recommendation_id and (positive or event_type == "scroll_past"):
@@ -373,7 +391,7 @@ class Engine:
                 if event_type == "play" and item_id in state.session_clicked:
                     return  # the click already taught the ranker about this showing
                 features = self._served_features(event, state)
-                self._learn_rank(features, positive, event.artwork_id, state)
+                self._learn_rank(item_id, features, positive, event.artwork_id, state)
                 effects.labels.append((item_id, positive))
 
     def _served_features(self, event: BehaviourEvent, state: UserState) -> list[float]:
@@ -387,14 +405,63 @@ class Engine:
         return self.pages.item_features(state, event.item_id, max(event.ts, state.last_ts))
 
     def _learn_rank(
-        self, features: list[float], positive: bool, artwork_id: str | None, state: UserState
+        self,
+        item_id: str,
+        features: list[float],
+        positive: bool,
+        artwork_id: str | None,
+        state: UserState,
     ) -> None:
         if not self.learning:
             return
-        self.models.ranker.learn_vector(features, positive)
+        models = self.models
+        models.ranker.learn_vector(features, positive)
+        models.engagement.observe(item_id, clicked=positive)
         self.counters["labels_positive" if positive else "labels_negative"] += 1
         if artwork_id is not None:
-            self.models.bandit.update(artwork_id, positive, context=state.device or "")
+            models.bandit.update(artwork_id, positive, context=state.device or "")
+
+    def _learn_taste(
+        self, state: UserState, event: BehaviourEvent, item: CatalogItem | None
+    ) -> None:
+        """Artwork-style evidence (the user's, and each style's per device) and the
+        population's base rates, from one look at a title.
+
+        The style is credited with engagement beyond what the user's genre taste expected
+        (``processors.taste``: observed over expected). Called before the window records the
+        event, so the expectation is the one the page was built on.
+        """
+        if item is None or event.type not in TASTE_TYPES:
+            return
+        engaged, examined = engagement_of(event.type, event.dwell_ms)
+        style = artwork_style(item, event.artwork_id)
+        engagement = self.models.engagement
+        if style is not None and examined > 0.0:
+            expected = examined * self._genre_expectation(state, item)
+            add_evidence(state.style_evidence, (style,), engaged, expected)
+            if self.learning:
+                self.models.bandit.update_style(
+                    style, engaged, expected, context=state.device or ""
+                )
+        if self.learning:
+            engagement.observe_taste(engaged, examined, item.genres)
+
+    def _genre_expectation(self, state: UserState, item: CatalogItem) -> float:
+        """What the user's genre taste predicts for one look at ``item``: their best genre's
+        engagement rate (the population's rate for titles without genres)."""
+        engagement = self.models.engagement
+        base = engagement.taste_rate
+        if not item.genres:
+            return base
+        genre_rate = engagement.genre_rate
+        strength = self.config.genre_taste_strength
+        evidence = state.genre_evidence
+        best = 0.0
+        for genre in item.genres:
+            engaged, examined = evidence.get(genre, _NO_EVIDENCE)
+            prior = genre_rate(genre)
+            best = max(best, rate(engaged, examined, base_rate=prior, strength=strength))
+        return best
 
     def _update_indexes(self, state: UserState, event: BehaviourEvent) -> None:
         if self.learning and event.type in SEQUENCE_TYPES and event.item_id is not None:
@@ -506,8 +573,17 @@ class Engine:
     def replace_models(self, models: EngineModels) -> None:
         """Swap in restored models (worker start-up, offline evaluation from a snapshot)."""
         self.models = models
-        self.pages = PageBuilder(
-            self.config, self.catalog, models.knn, models.trending, models.ranker, models.bandit
+        self.pages = self._page_builder(models)
+
+    def _page_builder(self, models: EngineModels) -> PageBuilder:
+        return PageBuilder(
+            self.config,
+            self.catalog,
+            models.knn,
+            models.trending,
+            models.ranker,
+            models.bandit,
+            models.engagement,
         )
 
     def model_states(self) -> dict[str, dict[str, Any]]:
@@ -519,4 +595,5 @@ class Engine:
             "ranker": models.ranker.to_state(),
             "churn": models.churn.to_state(),
             "bandit": models.bandit.to_state(),
+            "engagement": models.engagement.to_state(),
         }

@@ -20,11 +20,13 @@ from processors.user_state import UserState
 from schemas.messages import CatalogItem
 
 __all__ = [
+    "CLICK_MODEL_COLUMN",
     "RANK_FEATURE_NAMES",
     "SESSION_FEATURE_NAMES",
     "CandidateSignals",
     "ItemTable",
     "RankingContext",
+    "genre_taste_rates",
     "public_session_features",
     "rank_feature_matrix",
     "rank_features",
@@ -55,8 +57,10 @@ SESSION_FEATURE_NAMES: tuple[str, ...] = (
 )
 
 RANK_FEATURE_NAMES: tuple[str, ...] = (
-    "genre_affinity_share",
+    "genre_taste_lift",
     "genre_affinity_tanh",
+    "item_click_lift",
+    "artwork_style_lift",
     "knn_score_norm",
     "knn_hit",
     "trending_log",
@@ -66,11 +70,15 @@ RANK_FEATURE_NAMES: tuple[str, ...] = (
     "clicked_item_session",
     "mobile_x_duration_log",
     "unknown_item",
+    "click_model_logit",
 )
+#: Index of the click model's logit (see `click_model_logit`), the ranker's prior.
+CLICK_MODEL_COLUMN = RANK_FEATURE_NAMES.index("click_model_logit")
 
 _MOBILE = frozenset({"mobile", "phone", "ios", "android", "tablet"})
 _TV = frozenset({"tv", "smart_tv", "console", "stb"})
 _TWO_PI = 2.0 * math.pi
+_NO_EVIDENCE = (0.0, 0.0)
 
 
 def session_features(state: UserState, now: int, config: EngineConfig) -> list[float]:
@@ -147,11 +155,13 @@ def public_session_features(state: UserState, now: int, config: EngineConfig) ->
 
 @dataclass(slots=True)
 class CandidateSignals:
-    """What the candidate sources said about one item."""
+    """What the candidate sources and the global models said about one item."""
 
     knn_score: float = 0.0
     trending_score: float = 0.0
     resume_progress: float = 0.0
+    #: ``log(clicks per examination / population rate)`` of the title (``EngagementRates``).
+    item_lift: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,23 +169,87 @@ class RankingContext:
     """Per-page values shared by every candidate's feature row (computed once per page)."""
 
     affinity: dict[str, float]
-    positive_affinity_total: float
+    #: The user's taste per genre and per artwork style as log-lifts over the population's
+    #: engagement rate (``processors.taste``); absent keys are neutral (0).
+    genre_lift: dict[str, float]
+    style_lift: dict[str, float]
     knn_max: float
     device_is_mobile: bool
+    #: Log-odds of the population's click rate: the click model's starting point.
+    click_logit: float = 0.0
 
 
 def ranking_context(
-    state: UserState, now: int, config: EngineConfig, knn_max: float
+    state: UserState,
+    now: int,
+    config: EngineConfig,
+    knn_max: float,
+    *,
+    taste_rate: float = 0.0,
+    genre_prior: Mapping[str, float] | None = None,
+    style_pull: Mapping[str, float] | None = None,
+    click_rate: float = 0.1,
 ) -> RankingContext:
-    """Compute the per-page part of the ranking features."""
+    """Compute the per-page part of the ranking features.
+
+    ``taste_rate`` is the population's engagement per examination; ``genre_prior`` each
+    genre's rate among everyone who looked at it (the user's own evidence is weighed against
+    it: `genre_taste_rates`); ``style_pull`` each artwork style's multiplier for this user
+    (``ArtworkBandit.user_style_multipliers``). Without a base rate the genre lifts are all
+    neutral.
+    """
     affinity = decayed_affinity(state, now, config.genre_half_life_ms)
-    positive_total = sum(w for w in affinity.values() if w > 0)
+    genre_lift: dict[str, float] = {}
+    style_lift: dict[str, float] = {}
+    if taste_rate > 0.0:
+        genre_lift = {
+            genre: math.log(rate / taste_rate)
+            for genre, rate in genre_taste_rates(
+                state, genre_prior or {}, taste_rate, config.genre_taste_strength
+            ).items()
+        }
+    if style_pull:
+        style_lift = {style: math.log(pull) for style, pull in style_pull.items() if pull > 0.0}
     return RankingContext(
         affinity=affinity,
-        positive_affinity_total=positive_total,
+        genre_lift=genre_lift,
+        style_lift=style_lift,
         knn_max=knn_max,
         device_is_mobile=(state.device or "").lower() in _MOBILE,
+        click_logit=_logit(click_rate),
     )
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1.0 - 1e-6)
+    return math.log(p / (1.0 - p))
+
+
+def click_model_logit(row: Sequence[float], base_logit: float) -> float:
+    """The click model: log-odds that a looked-at title is clicked.
+
+    A click on a looked-at title is, in the position-based click models of search and
+    recommendation logs, the title's attractiveness to this user: the population's rate
+    times the user's genre taste, the title's appeal and the poster's pull (the three
+    log-lifts), raised by the session's kNN signal and a paused title, lowered by each
+    scroll-past of the title this session (users pass over what they passed before).
+    """
+    return base_logit + row[0] + row[2] + row[3] + row[4] + row[7] - row[9]
+
+
+def genre_taste_rates(
+    state: UserState, genre_prior: Mapping[str, float], taste_rate: float, strength: float
+) -> dict[str, float]:
+    """The user's engagement rate per genre: own evidence over ``strength`` looks at the
+    genre's population rate (``taste_rate`` for a genre without one). Every genre of the
+    prior gets a rate, so a genre the user never saw starts where the population is."""
+    rates = {}
+    evidence = state.genre_evidence
+    for genre in sorted(genre_prior.keys() | evidence.keys()):
+        prior = genre_prior.get(genre, taste_rate)
+        engaged, examined = evidence.get(genre, _NO_EVIDENCE)
+        rates[genre] = (engaged + strength * prior) / (examined + strength)
+    return rates
 
 
 def rank_features(
@@ -190,13 +264,21 @@ def rank_features(
     if item is not None and item.genres:
         affinity = context.affinity
         item_affinity = sum(affinity.get(genre, 0.0) for genre in item.genres) / len(item.genres)
+        genre_lift = context.genre_lift
+        taste = max(genre_lift.get(genre, 0.0) for genre in item.genres)
         duration_log = log1p(item.duration_s / 60.0)
     else:
-        item_affinity = 0.0
-        duration_log = 0.0
-    return [
-        item_affinity / (context.positive_affinity_total + 1.0),
+        item_affinity = taste = duration_log = 0.0
+    if item is not None and item.artwork_styles:
+        style_lift = context.style_lift
+        style = max(style_lift.get(name, 0.0) for name in item.artwork_styles)
+    else:
+        style = 0.0
+    row = [
+        taste,
         math.tanh(item_affinity),
+        signals.item_lift,
+        style,
         signals.knn_score / context.knn_max if context.knn_max > 0 else 0.0,
         1.0 if signals.knn_score > 0 else 0.0,
         log1p(signals.trending_score),
@@ -207,6 +289,8 @@ def rank_features(
         duration_log if context.device_is_mobile else 0.0,
         1.0 if item is None else 0.0,
     ]
+    row.append(click_model_logit(row, context.click_logit))
+    return row
 
 
 class ItemTable:
@@ -232,12 +316,15 @@ class ItemTable:
 
     __slots__ = (
         "_size",
+        "artwork_styles",
         "artworks",
         "duration_log",
         "genre_col",
         "genre_count",
         "genre_hits",
         "row_of",
+        "style_col",
+        "style_idx",
         "unknown",
         "unknown_row",
         "version",
@@ -247,10 +334,13 @@ class ItemTable:
         self.version = -1
         self.row_of: dict[str, int] = {}
         self.genre_col: dict[str, int] = {}
-        #: Artwork ids of each known item (the page's artwork draw reads them).
+        #: Artwork style → column of the per-page style lift vector.
+        self.style_col: dict[str, int] = {}
+        #: Artwork ids of each known item and their style tags (the artwork draw reads them).
         self.artworks: dict[str, tuple[str, ...]] = {}
+        self.artwork_styles: dict[str, tuple[str, ...]] = {}
         self._size = 0
-        self._allocate(16, 4)
+        self._allocate(16, 4, 2)
 
     def sync(self, catalog: Catalog) -> None:
         """Bring the arrays up to date with ``catalog`` (cheap when nothing changed)."""
@@ -260,9 +350,11 @@ class ItemTable:
         if changed is None or len(changed) > len(catalog):
             self.row_of.clear()
             self.genre_col.clear()
+            self.style_col.clear()
             self.artworks.clear()
+            self.artwork_styles.clear()
             self._size = 0
-            self._allocate(len(catalog) + 16, 4)
+            self._allocate(len(catalog) + 16, 4, 2)
             changed = [item.item_id for item in catalog]
         get = catalog.get
         for item_id in changed:
@@ -272,12 +364,14 @@ class ItemTable:
                 if row is not None:  # evicted: the row stays, as an unknown item
                     del self.row_of[item_id]
                     self.artworks.pop(item_id, None)
+                    self.artwork_styles.pop(item_id, None)
                     self._fill(row, None)
                 continue
             if row is None:
                 row = self._append(item_id)
             self._fill(row, item)
             self.artworks[item_id] = item.artworks
+            self.artwork_styles[item_id] = item.artwork_styles
         self.version = catalog.version
 
     def rows(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -297,9 +391,31 @@ class ItemTable:
                 vector[index] = weight
         return vector
 
+    def best_genre_values(self, rows: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
+        """Per row, the largest of ``values`` over the item's genres (absent genres count 0;
+        0 for items without genres)."""
+        vector = self.affinity_vector(values)
+        best = np.where(self.genre_hits[rows] > 0.0, vector, -np.inf).max(axis=1)
+        best[np.isneginf(best)] = 0.0
+        return best
+
+    def best_style_values(self, rows: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
+        """Per row, the largest of ``values`` over the styles of the item's artworks (absent
+        styles count 0; 0 for items without style tags)."""
+        vector = np.zeros(len(self.style_col) + 1)
+        vector[-1] = -np.inf  # the padding column of style_idx (-1)
+        col = self.style_col.get
+        for style, value in values.items():
+            index = col(style)
+            if index is not None:
+                vector[index] = value
+        best = vector[self.style_idx[rows]].max(axis=1)
+        best[np.isneginf(best)] = 0.0
+        return best
+
     # -- storage ---------------------------------------------------------------------------
 
-    def _allocate(self, rows: int, genres: int) -> None:
+    def _allocate(self, rows: int, genres: int, artworks: int) -> None:
         """(Re)allocate for ``rows`` items plus the sentinel, keeping what is stored."""
         old = self._size
         capacity = rows + 1
@@ -307,20 +423,25 @@ class ItemTable:
         count = np.ones(capacity)
         duration = np.zeros(capacity)
         unknown = np.ones(capacity)
+        styles = np.full((capacity, artworks), -1, dtype=np.intp)
         if old and hasattr(self, "genre_hits"):
             prev_genres = self.genre_hits.shape[1]
             hits[:old, :prev_genres] = self.genre_hits[:old]
             count[:old] = self.genre_count[:old]
             duration[:old] = self.duration_log[:old]
             unknown[:old] = self.unknown[:old]
+            styles[:old, : self.style_idx.shape[1]] = self.style_idx[:old]
         self.genre_hits, self.genre_count = hits, count
         self.duration_log, self.unknown = duration, unknown
+        self.style_idx = styles
         self.unknown_row = capacity - 1
 
     def _append(self, item_id: str) -> int:
         row = self._size
         if row >= self.unknown_row:
-            self._allocate(2 * self.unknown_row + 16, self.genre_hits.shape[1])
+            self._allocate(
+                2 * self.unknown_row + 16, self.genre_hits.shape[1], self.style_idx.shape[1]
+            )
         self._size = row + 1
         self.row_of[item_id] = row
         return row
@@ -328,6 +449,15 @@ class ItemTable:
     def _fill(self, row: int, item: CatalogItem | None) -> None:
         """Write one item's values; None (evicted) makes the row look like an unknown item."""
         self.genre_hits[row] = 0.0
+        self.style_idx[row] = -1
+        if item is not None and item.artwork_styles:
+            if len(item.artwork_styles) > self.style_idx.shape[1]:
+                self._allocate(self.unknown_row, self.genre_hits.shape[1], len(item.artwork_styles))
+            for k, style in enumerate(item.artwork_styles):
+                column = self.style_col.get(style)
+                if column is None:
+                    column = self.style_col[style] = len(self.style_col)
+                self.style_idx[row, k] = column
         if item is None:
             self.genre_count[row], self.duration_log[row], self.unknown[row] = 1.0, 0.0, 1.0
             return
@@ -340,7 +470,9 @@ class ItemTable:
             if column is None:
                 column = self.genre_col[genre] = len(self.genre_col)
                 if column >= self.genre_hits.shape[1]:
-                    self._allocate(self.unknown_row, 2 * self.genre_hits.shape[1])
+                    self._allocate(
+                        self.unknown_row, 2 * self.genre_hits.shape[1], self.style_idx.shape[1]
+                    )
             self.genre_hits[row, column] += 1.0
         self.genre_count[row] = float(len(item.genres))
         self.duration_log[row] = math.log1p(item.duration_s / 60.0)
@@ -355,12 +487,14 @@ def rank_feature_matrix(
     trending_scores: Sequence[float],
     knn: Sequence[tuple[str, float]] = (),
     position: Mapping[str, int] | None = None,
+    item_lifts: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`rank_features` for many candidates at once: float64, shape ``(len(item_ids), 11)``.
+    """`rank_features` for many candidates at once: float64, one row per candidate.
 
     ``rows`` are the candidates' `ItemTable` rows, ``trending_scores`` their popularity,
-    ``knn`` the ``(item_id, score)`` pairs of the session-kNN candidates and ``position`` the
-    index of each candidate id (built here when not given). Row ``k`` equals
+    ``knn`` the ``(item_id, score)`` pairs of the session-kNN candidates, ``position`` the
+    index of each candidate id (built here when not given) and ``item_lifts`` their click
+    lifts (`CandidateSignals.item_lift`; 0 when not given). Row ``k`` equals
     ``rank_features(state, context, item_ids[k], ...)`` for the same signals (a unit test
     checks it, bit for bit).
     """
@@ -370,36 +504,42 @@ def rank_feature_matrix(
         return features
     if position is None:
         position = {item_id: k for k, item_id in enumerate(item_ids)}
+    if context.genre_lift:
+        features[:, 0] = table.best_genre_values(rows, context.genre_lift)
     if context.affinity:
         vector = table.affinity_vector(context.affinity)
         affinity = table.genre_hits[rows] @ vector
         affinity /= table.genre_count[rows]
-        features[:, 0] = affinity / (context.positive_affinity_total + 1.0)
         # math.tanh, not np.tanh: numpy's SIMD tanh differs in the last bit for ~1/3 of
         # inputs, and ties between rows are broken on these values.
         tanh = math.tanh
         features[:, 1] = [tanh(value) for value in affinity.tolist()]
+    if item_lifts is not None:
+        features[:, 2] = item_lifts
+    if context.style_lift:
+        features[:, 3] = table.best_style_values(rows, context.style_lift)
     if knn and context.knn_max > 0:
         at = [position[item_id] for item_id, _ in knn]
         scores = np.array([score for _, score in knn], dtype=np.float64)
-        features[at, 2] = scores / context.knn_max
-        features[at, 3] = scores > 0  # (a non-positive best kNN score means no kNN signal)
-    features[:, 4] = np.log1p(np.array(trending_scores, dtype=np.float64))
+        features[at, 4] = scores / context.knn_max
+        features[at, 5] = scores > 0  # (a non-positive best kNN score means no kNN signal)
+    features[:, 6] = np.log1p(np.array(trending_scores, dtype=np.float64))
     resume = state.continue_watching
     if resume:
         for item_id, progress in resume.items():
             k = position.get(item_id)
             if k is not None:
-                features[k, 5] = progress
-    _count_column(features, 6, state.session_impressed, position)
-    _count_column(features, 7, state.session_scrolled, position)
+                features[k, 7] = progress
+    _count_column(features, 8, state.session_impressed, position)
+    _count_column(features, 9, state.session_scrolled, position)
     for item_id in state.session_clicked:
         k = position.get(item_id)
         if k is not None:
-            features[k, 8] = 1.0
+            features[k, 10] = 1.0
     if context.device_is_mobile:
-        features[:, 9] = table.duration_log[rows]
-    features[:, 10] = table.unknown[rows]
+        features[:, 11] = table.duration_log[rows]
+    features[:, 12] = table.unknown[rows]
+    features[:, CLICK_MODEL_COLUMN] = click_model_logit(features.T, context.click_logit)
     return features
 
 

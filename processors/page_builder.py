@@ -23,7 +23,13 @@ from processors.features import (
     rank_features,
     ranking_context,
 )
-from processors.ports import ArtworkChooser, BinaryLearner, NextItemIndex, Popularity
+from processors.ports import (
+    ArtworkChooser,
+    BinaryLearner,
+    EngagementModel,
+    NextItemIndex,
+    Popularity,
+)
 from processors.user_state import UserState
 from schemas.messages import Page, PageItem, PageRow
 
@@ -33,6 +39,7 @@ __all__ = ["PageBuilder", "ServedFeatures", "ServedPage", "session_key"]
 _ROW_SCORE_TOP = 3
 #: Genre rows on a personalized page.
 _GENRE_ROWS = 2
+_NO_EVIDENCE = (0.0, 0.0)
 
 
 def session_key(user_id: str, session_id: str) -> str:
@@ -85,6 +92,8 @@ class _RowPlan:
     score: float = 0.0
     #: Index of the first item not placed yet (placing only ever moves it forward).
     cursor: int = 0
+    #: The items are already in display order (not re-sorted by score).
+    ordered: bool = False
 
 
 def _row_order(plan: _RowPlan) -> tuple[float, str]:
@@ -109,6 +118,7 @@ class PageBuilder:
         trending: Popularity,
         ranker: BinaryLearner,
         bandit: ArtworkChooser,
+        engagement: EngagementModel,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -116,18 +126,39 @@ class PageBuilder:
         self.trending = trending
         self.ranker = ranker
         self.bandit = bandit
+        self.engagement = engagement
         self.items = ItemTable()
 
     # -- features for one item (impression-time fallback) ------------------------------
 
     def item_features(self, state: UserState, item_id: str, now: int) -> list[float]:
         """Feature row for one item without the kNN signal (cheap; used when no page is cached)."""
-        context = ranking_context(state, now, self.config, knn_max=0.0)
+        self.items.sync(self.catalog)
+        context = self._context(state, now, knn_max=0.0)
         signals = CandidateSignals(
             trending_score=self.trending.score(item_id, now),
             resume_progress=state.continue_watching.get(item_id, 0.0),
+            item_lift=float(self.engagement.item_lifts([item_id])[0]),
         )
         return rank_features(state, context, item_id, self.catalog.get(item_id), signals)
+
+    def _context(self, state: UserState, now: int, knn_max: float) -> RankingContext:
+        """The page's ranking context: the user's taste against the population's rates."""
+        return ranking_context(
+            state,
+            now,
+            self.config,
+            knn_max,
+            taste_rate=self.engagement.taste_rate,
+            click_rate=self.engagement.click_rate,
+            genre_prior=self.engagement.genre_rates(),
+            style_pull=self.bandit.user_style_multipliers(
+                list(self.items.style_col),
+                context=state.device or "",
+                taste=state.style_evidence,
+                strength=self.config.style_taste_strength,
+            ),
+        )
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -208,26 +239,34 @@ class PageBuilder:
             candidates.update(dict.fromkeys(newest))
             plans.append(_RowPlan("new-arrivals", "New arrivals", newest))
 
-        context = ranking_context(state, now, config, knn_max)
+        self.items.sync(self.catalog)
+        context = self._context(state, now, knn_max)
+        trending_rows = self.items.rows(trending_ids)
+        # "More <genre>" for the genres this user's own behaviour favours.
+        evidence = state.genre_evidence
         top_genres = [
             genre
-            for genre, weight in sorted(context.affinity.items(), key=lambda kv: (-kv[1], kv[0]))
-            if weight > 0
+            for genre, weight in sorted(context.genre_lift.items(), key=lambda kv: (-kv[1], kv[0]))
+            if weight > 0 and evidence.get(genre, _NO_EVIDENCE)[0] > 0
         ][:_GENRE_ROWS]
-        if top_genres:
-            self.items.sync(self.catalog)
-            trending_rows = self.items.rows(trending_ids)
-            for genre in top_genres:
-                genre_items = self._genre_items(genre, trending_ids, trending_rows)
-                candidates.update(dict.fromkeys(genre_items))
-                plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
+        for genre in top_genres:
+            genre_items = self._genre_items(genre, trending_ids, trending_rows)
+            candidates.update(dict.fromkeys(genre_items))
+            plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
+        # A few of every genre's best: a taste nobody has looked for yet can only be found if
+        # its titles can reach the page (the exploratory draw in `_scores` puts them there).
+        explore = config.explore_per_genre
+        if explore:
+            for genre in self.items.genre_col:
+                candidates.update(
+                    dict.fromkeys(self._genre_items(genre, trending_ids, trending_rows, explore))
+                )
 
         if not candidates:
             return (), (), np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
 
         item_ids = list(candidates)
         position = {item_id: k for k, item_id in enumerate(item_ids)}
-        self.items.sync(self.catalog)
         rows = self.items.rows(item_ids)
         features = rank_feature_matrix(
             state,
@@ -238,30 +277,42 @@ class PageBuilder:
             self.trending.scores(item_ids, now),
             neighbours,
             position,
+            self.engagement.item_lifts(item_ids),
         )
-        scores = self._scores(features, context).tolist()
+        scores = self._scores(features).tolist()
         score_of = dict(zip(item_ids, scores, strict=True))
         # One sort of (-score, item_id) gives every row its order: ranks are a total order.
         ranked = sorted(zip([-score for score in scores], item_ids, strict=True))
         best = [item_id for _, item_id in ranked]
         rank_of = {item_id: rank for rank, item_id in enumerate(best)}
-        plans.append(_RowPlan("top-picks", "Top picks for you", best[: config.row_size * 2]))
+        top_picks = self._diversified(best, score_of, config.row_size * 2)
+        plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
         arranged = self._arrange(plans, score_of, rank_of)
-        page_rows, placed = self._with_artworks(arranged, state.device or "", recommendation_id)
+        page_rows, placed = self._with_artworks(arranged, state, recommendation_id)
         placed_rows = [position[item_id] for item_id in placed]
         return page_rows, placed, features[placed_rows].astype(np.float32)
 
     def _with_artworks(
         self,
         arranged: list[tuple[_RowPlan, list[tuple[str, float]]]],
-        device_context: str,
+        state: UserState,
         recommendation_id: str,
     ) -> tuple[tuple[PageRow, ...], tuple[str, ...]]:
         """Choose every placed item's artwork in one bandit draw, then render the rows."""
         artworks_of = self.items.artworks.get
+        styles_of = self.items.artwork_styles.get
         placed_ids = [item_id for _, items in arranged for item_id, _ in items]
-        placed = [(item_id, artworks_of(item_id, ())) for item_id in placed_ids]
-        chosen = self.bandit.choose_many(placed, context=device_context, draw_key=recommendation_id)
+        placed = [
+            (item_id, artworks_of(item_id, ()), styles_of(item_id, ())) for item_id in placed_ids
+        ]
+        chosen = self.bandit.choose_styled(
+            placed,
+            context=state.device or "",
+            taste=state.style_evidence,
+            strength=self.config.style_taste_strength,
+            draw_key=recommendation_id,
+            explore=self.config.style_exploration,
+        )
         rows = []
         start = 0
         make_item = PageItem
@@ -285,32 +336,49 @@ class PageBuilder:
             start = end
         return tuple(rows), tuple(placed_ids)
 
-    def _scores(self, features: np.ndarray, context: RankingContext) -> np.ndarray:
-        """Ranker probabilities, blended with a heuristic prior while the ranker is cold."""
-        learned = self.ranker.predict_proba_many(features)
-        warmup = self.config.ranker_warmup_labels
-        seen = self.ranker.n_learned
-        if seen >= warmup:
-            return learned
-        # Prior: the session's genre affinity, then kNN, then popularity — all in [0, 1].
-        trending_log = features[:, 4]
-        trending_norm = (
-            trending_log / trending_log.max() if trending_log.max() > 0 else trending_log
-        )
-        prior = (
-            0.5 * np.clip(features[:, 0] + 0.5, 0.0, 1.0)
-            + 0.3 * features[:, 2]
-            + 0.2 * trending_norm
-            + 0.2 * features[:, 5]
-        ) / 1.2
-        alpha = seen / warmup
-        return alpha * learned + (1.0 - alpha) * prior
+    def _diversified(self, ranked: list[str], score_of: dict[str, float], limit: int) -> list[str]:
+        """The best ``limit`` titles in an order that spreads genres (maximal marginal
+        relevance): each next title's log-score loses ``genre_diversity`` per title of the
+        same genre already ahead of it (a title of two genres counts half for each).
+
+        A user looks at the first three or four titles of the top row; five titles of one
+        genre there teach nothing about the other genres and bore a user who does not love
+        it, while a strongly loved genre still wins most slots.
+        """
+        penalty = self.config.genre_diversity
+        if penalty <= 0.0 or len(ranked) <= 1:
+            return ranked[:limit]
+        pool = ranked[: limit * 3]
+        items = self.items
+        items.sync(self.catalog)
+        rows = items.rows(pool)
+        # Each title's share of each genre (1/len(genres) per genre), as ItemTable holds it.
+        shares = items.genre_hits[rows] / items.genre_count[rows, None]
+        values = np.log(np.maximum([score_of[item_id] for item_id in pool], 1e-12))
+        shown = np.zeros(shares.shape[1])
+        chosen: list[str] = []
+        for _ in range(min(limit, len(pool))):
+            index = int(np.argmax(values - penalty * (shares @ shown)))
+            chosen.append(pool[index])
+            values[index] = -np.inf
+            shown += shares[index] > 0.0
+        return chosen
+
+    def _scores(self, features: np.ndarray) -> np.ndarray:
+        """Click probabilities from the ranker (the click model and the learned regression,
+        blended by how well each has been predicting: ``online_models.blended_ranker``)."""
+        return self.ranker.predict_proba_many(features)
 
     def _genre_items(
-        self, genre: str, trending_ids: list[str], trending_rows: np.ndarray | None = None
+        self,
+        genre: str,
+        trending_ids: list[str],
+        trending_rows: np.ndarray | None = None,
+        limit: int | None = None,
     ) -> list[str]:
-        """Up to ``genre_candidates`` items of a genre: trending ones first, then the catalog's."""
-        limit = self.config.genre_candidates
+        """Up to ``limit`` (``genre_candidates``) items of a genre: trending ones first, then
+        the catalog's."""
+        limit = limit or self.config.genre_candidates
         chosen: dict[str, None] = {}
         column = self.items.genre_col.get(genre) if trending_rows is not None else None
         if trending_rows is not None:
@@ -357,7 +425,8 @@ class PageBuilder:
         remaining = []
         for plan in plans:
             if plan.item_ids:
-                plan.item_ids = sorted(plan.item_ids, key=rank)
+                if not plan.ordered:
+                    plan.item_ids = sorted(plan.item_ids, key=rank)
                 remaining.append(plan)
         placed: set[str] = set()
         rows: list[tuple[_RowPlan, list[tuple[str, float]]]] = []

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["ArtworkChooser", "BinaryLearner", "NextItemIndex", "Popularity"]
+__all__ = ["ArtworkChooser", "BinaryLearner", "EngagementModel", "NextItemIndex", "Popularity"]
 
 
 class NextItemIndex(Protocol):
@@ -52,6 +52,8 @@ class BinaryLearner(Protocol):
 
     def learn_vector(self, x: Sequence[float] | np.ndarray, y: bool) -> None: ...
 
+    def raw_weight(self, name: str) -> float: ...
+
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]: ...
 
     def to_state(self) -> dict[str, Any]: ...
@@ -68,8 +70,61 @@ class ArtworkChooser(Protocol):
         self, items: Sequence[tuple[str, Sequence[str]]], *, context: str, draw_key: str
     ) -> list[str | None]: ...
 
+    def choose_styled(
+        self,
+        items: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+        *,
+        context: str,
+        taste: Mapping[str, Sequence[float]],
+        strength: float,
+        draw_key: str,
+        explore: bool = True,
+    ) -> list[str | None]: ...
+
     def update(self, artwork_id: str, clicked: bool, *, context: str) -> None: ...
 
+    def update_style(
+        self, style: str, engaged: float, examined: float, *, context: str
+    ) -> None: ...
+
+    def style_multiplier(self, style: str, context: str) -> float: ...
+
+    def user_style_multipliers(
+        self,
+        styles: Sequence[str],
+        *,
+        context: str,
+        taste: Mapping[str, Sequence[float]],
+        strength: float,
+        priors: Mapping[str, float] | None = None,
+    ) -> dict[str, float]: ...
+
     def mean(self, artwork_id: str, context: str) -> float: ...
+
+    def to_state(self) -> dict[str, Any]: ...
+
+
+class EngagementModel(Protocol):
+    """Clicks per examination of each title, and the population's base rates."""
+
+    n_learned: int
+
+    @property
+    def click_rate(self) -> float: ...
+
+    @property
+    def taste_rate(self) -> float: ...
+
+    def observe(self, item_id: str, *, clicked: bool) -> None: ...
+
+    def observe_taste(
+        self, engaged: float, examined: float, genres: Sequence[str] = ()
+    ) -> None: ...
+
+    def genre_rate(self, genre: str) -> float: ...
+
+    def genre_rates(self) -> dict[str, float]: ...
+
+    def item_lifts(self, item_ids: Sequence[str]) -> np.ndarray: ...
 
     def to_state(self) -> dict[str, Any]: ...

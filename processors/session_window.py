@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 from processors.config import EngineConfig
+from processors.taste import TASTE_TYPES, add_evidence, engagement_of
 from processors.user_state import EVENT_TYPE_INDEX, UserState
 from schemas.messages import BehaviourEvent, CatalogItem
 
-__all__ = ["AFFINITY_WEIGHTS", "decayed_affinity", "update_window"]
+__all__ = ["AFFINITY_WEIGHTS", "artwork_style", "decayed_affinity", "update_window"]
 
 #: How much each event type says about liking an item's genres. Scroll-pasts and drop-offs are
 #: evidence against: behaviour, not demographics, is the signal.
@@ -88,6 +89,19 @@ def update_window(
             weight = _affinity_weight(event)
             if weight:
                 _add_affinity(state, item.genres, weight, event.ts, config)
+        if item is not None and event_type in TASTE_TYPES:
+            engaged, examined = engagement_of(event_type, event.dwell_ms)
+            add_evidence(state.genre_evidence, item.genres, engaged, examined)
+
+
+def artwork_style(item: CatalogItem, artwork_id: str | None) -> str | None:
+    """The catalog's style tag of one of the item's artworks (None when unknown)."""
+    if artwork_id is None or not item.artwork_styles:
+        return None
+    try:
+        return item.artwork_styles[item.artworks.index(artwork_id)]
+    except ValueError:  # an artwork the catalog does not list for this item
+        return None
 
 
 def _affinity_weight(event: BehaviourEvent) -> float:

@@ -19,9 +19,10 @@ from processors.ids import stable_hash64
 __all__ = ["EVENT_TYPE_INDEX", "STATE_VERSION", "EventIdWindow", "PendingImpression", "UserState"]
 
 #: Bumped whenever the serialized layout changes; other versions are refused, not misread.
-#: Version 2 keeps event-id fingerprints instead of the ids; version 1 is still read.
-STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: Version 2 keeps event-id fingerprints instead of the ids; version 3 adds the genre and
+#: artwork-style taste evidence. Versions 1 and 2 are still read (with no taste evidence).
+STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 #: Position of each event type in ``UserState.type_counts``.
 EVENT_TYPE_INDEX: dict[str, int] = {
@@ -156,6 +157,7 @@ class UserState:
         "continue_watching",
         "device",
         "genre_affinity",
+        "genre_evidence",
         "hover_dwell_ms",
         "last_items",
         "last_recommendation_id",
@@ -175,6 +177,7 @@ class UserState:
         "session_scrolled",
         "session_start",
         "sessions_total",
+        "style_evidence",
         "type_counts",
         "user_id",
         "variant",
@@ -189,6 +192,11 @@ class UserState:
         self.last_recommendation_id = ""
         #: recommendation_id → variant of this user's last few pages (attribution).
         self.recent_pages: dict[str, str] = {}
+        #: genre → [engagement, examined] and artwork style → [observed, expected] engagement
+        #: (``processors.taste``): carried from session to session at a discount, so a
+        #: returning user's first page knows them.
+        self.genre_evidence: dict[str, list[float]] = {}
+        self.style_evidence: dict[str, list[float]] = {}
         self.device: str | None = None
         self.local_hour = 0
         self.session_id = ""
@@ -242,6 +250,8 @@ class UserState:
             "dedup_window": self.recent_event_ids.maxlen,
             "last_recommendation_id": self.last_recommendation_id,
             "recent_pages": self.recent_pages,
+            "genre_evidence": self.genre_evidence,
+            "style_evidence": self.style_evidence,
             "device": self.device,
             "local_hour": self.local_hour,
             "session_id": self.session_id,
@@ -290,6 +300,9 @@ class UserState:
         state.last_recommendation_id = next(
             (k for k in state.recent_pages if k == last_page), last_page
         )
+        if version >= 3:
+            state.genre_evidence = _evidence_from(raw["genre_evidence"], proportion=True)
+            state.style_evidence = _evidence_from(raw["style_evidence"], proportion=False)
         state.device = intern(raw["device"]) if raw["device"] is not None else None
         state.local_hour = int(raw["local_hour"])
         state.session_id = raw["session_id"]
@@ -317,3 +330,17 @@ class UserState:
         state.churn_alerted = bool(raw["churn_alerted"])
         state.churn_risk = float(raw["churn_risk"])
         return state
+
+
+def _evidence_from(raw: dict[str, Any], *, proportion: bool) -> dict[str, list[float]]:
+    """Taste evidence from its checkpoint: two finite, non-negative floats per key (the
+    first at most the second for a ``proportion``)."""
+    evidence = {}
+    for key, counts in raw.items():
+        first, second = (float(value) for value in counts)
+        if not (0.0 <= first < float("inf") and 0.0 <= second < float("inf")) or (
+            proportion and first > second
+        ):
+            raise ValueError(f"taste evidence of {key!r} out of range: {counts!r}")
+        evidence[sys.intern(key)] = [first, second]
+    return evidence

@@ -1,8 +1,8 @@
 """The simulated world: a catalog of titles with genres, durations and styled artworks.
 
 Everything is drawn from one seeded ``random.Random``, so the same seed builds the same world in
-every process. The hidden parts (each artwork's visual style, each title's quality) live here
-and never reach the engine: the engine only sees the public ``CatalogItem``.
+every process. Each artwork's visual style is public (a catalog tags its artwork); each title's
+quality and every user's taste stay hidden: the engine only sees the public ``CatalogItem``.
 """
 
 from __future__ import annotations
@@ -84,13 +84,14 @@ class SimItem:
     quality: float
 
     def public(self) -> CatalogItem:
-        """What the catalog topic carries: no styles, no quality."""
+        """What the catalog topic carries: artworks with their style tags, never the quality."""
         return CatalogItem(
             item_id=self.item_id,
             title=self.title,
             genres=self.genres,
             duration_s=self.duration_s,
             artworks=self.artworks,
+            artwork_styles=self.artwork_styles,
         )
 
 

@@ -161,3 +161,67 @@ def test_bad_state_is_refused() -> None:
     state["tables"] = [["", [["a", 5, 2]]]]
     with pytest.raises(ValueError, match="clicks"):
         ArtworkBandit.from_state(state)
+
+
+# -- styles: what one poster teaches carries to every poster of its style ------------------
+
+
+def _styled_items(n: int) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    styles = ("closeup", "scene", "title")
+    return [
+        (f"i{k}", (f"i{k}-a", f"i{k}-b"), (styles[k % 3], styles[(k + 1) % 3])) for k in range(n)
+    ]
+
+
+def test_style_multipliers_learn_observed_over_expected_per_context() -> None:
+    bandit = ArtworkBandit(seed=1)
+    for _ in range(1_000):  # phones engage twice as much as expected with close-ups
+        bandit.update_style("closeup", 0.2, 0.1, context="phone")
+        bandit.update_style("scene", 0.05, 0.1, context="phone")
+        bandit.update_style("scene", 0.2, 0.1, context="tv")
+        bandit.update_style("closeup", 0.05, 0.1, context="tv")
+    assert (
+        bandit.style_multiplier("closeup", "phone")
+        > 1.5
+        > 0.8
+        > bandit.style_multiplier("scene", "phone")
+    )
+    assert bandit.style_multiplier("scene", "tv") > bandit.style_multiplier("closeup", "tv")
+    # A device never seen starts from everyone's record (here: both styles alike).
+    assert bandit.style_multiplier("closeup", "web") == pytest.approx(
+        bandit.style_multiplier("scene", "web"), rel=0.05
+    )
+
+
+def test_choose_styled_shows_the_style_the_user_is_drawn_to() -> None:
+    bandit = ArtworkBandit(seed=2)
+    for _ in range(500):
+        bandit.update_style("scene", 0.2, 0.1, context="tv")
+        bandit.update_style("closeup", 0.1, 0.1, context="tv")
+        bandit.update_style("title", 0.1, 0.1, context="tv")
+    items = _styled_items(30)
+    chosen = bandit.choose_styled(items, context="tv", taste={}, strength=5.0, draw_key="p1")
+    style_of = {a: s for _, arts, styles in items for a, s in zip(arts, styles, strict=True)}
+    with_scene = [k for k, (_, _, styles) in enumerate(items) if "scene" in styles]
+    assert all(style_of[chosen[k]] == "scene" for k in with_scene)
+    # This user's own evidence (title posters engage them three times as much as expected)
+    # outweighs the device's lean.
+    taste = {"title": [3.0, 1.0], "scene": [0.2, 1.0]}
+    mine = bandit.choose_styled(items, context="tv", taste=taste, strength=1.0, draw_key="p1")
+    with_title = [k for k, (_, _, styles) in enumerate(items) if "title" in styles]
+    assert all(style_of[mine[k]] == "title" for k in with_title)
+    # Deterministic per draw key; untagged items fall back to the per-artwork bandit.
+    again = bandit.choose_styled(items, context="tv", taste={}, strength=5.0, draw_key="p1")
+    assert again == chosen
+    untagged = [("u1", ("u1-a", "u1-b"), ()), ("u2", (), ())]
+    fallback = bandit.choose_styled(untagged, context="tv", taste={}, strength=5.0, draw_key="q")
+    assert fallback[0] in ("u1-a", "u1-b") and fallback[1] is None
+
+
+def test_style_tables_survive_the_state_round_trip() -> None:
+    bandit = ArtworkBandit(seed=3)
+    bandit.update_style("closeup", 0.3, 0.2, context="phone")
+    clone = ArtworkBandit.from_state(json.loads(json.dumps(bandit.to_state())))
+    assert clone.style_multiplier("closeup", "phone") == bandit.style_multiplier("closeup", "phone")
+    version_1 = {k: v for k, v in bandit.to_state().items() if k != "styles"} | {"state_version": 1}
+    assert ArtworkBandit.from_state(version_1).style_multiplier("closeup", "phone") == 1.0

@@ -691,6 +691,10 @@ def test_format_detection() -> None:
         ({"item_id": "i", "duration_s": -1}, "duration_s: must be >= 0, got -1"),
         ({"item_id": "i", "duration_s": "60"}, "duration_s: expected integer, got str"),
         ({"item_id": "i", "duration_s": 60.0}, "duration_s: expected integer, got float"),
+        (
+            {"item_id": "i", "artworks": ["a", "b"], "artwork_styles": ["closeup"]},
+            "artwork_styles: expected one style per artwork (2), got 1",
+        ),
     ],
 )
 def test_catalog_item_error_messages(obj: dict[str, Any], message: str) -> None:

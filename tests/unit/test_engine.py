@@ -106,8 +106,9 @@ def test_clicking_a_genre_raises_it_on_the_page() -> None:
 
 
 def test_ranker_learns_from_clicks_and_scroll_pasts() -> None:
-    """Impressions answered by clicks on horror and scroll-pasts on comedy teach the ranker."""
-    engine = _engine(ranker_warmup_labels=1)
+    """Clicks on horror and scroll-pasts on the rest teach the models (the ranker, each title's
+    click rate, each genre's rate): a fresh user's page then prefers horror."""
+    engine = _engine()
     states: dict[str, UserState] = {}
     _warm_trending(engine, states)
     ts = T0
@@ -135,7 +136,7 @@ def test_ranker_learns_from_clicks_and_scroll_pasts() -> None:
                 )
     assert engine.counters["labels_positive"] > 20
     assert engine.counters["labels_negative"] > 20
-    # A fresh user with no history: the learned ranker alone now prefers horror.
+    # A fresh user with no history of their own: what everyone taught prefers horror.
     page = engine.process_raw(
         encode_event(_event("fresh", "session_start", ts + 1)), states, now=ts + 1
     ).page
@@ -384,6 +385,18 @@ def test_rows_are_ordered_by_predicted_engagement() -> None:
     assert [plan.row_id for plan, _ in arranged] == ["high", "mid", "low"]
     placed = [item_id for _, items in arranged for item_id, _ in items]
     assert placed == ["a", "d", "e", "f", "b", "c"], "best first within a row; each item once"
+
+
+def test_top_picks_spread_genres_unless_one_is_clearly_better() -> None:
+    engine = _engine()
+    ranked = [f"{genre}-{i}" for i in range(6) for genre in ("horror", "comedy")]
+    ranked.sort(key=lambda item_id: item_id.startswith("comedy"))  # all horror first
+    even = dict.fromkeys(ranked, 0.3)
+    order = engine.pages._diversified(ranked, even, 4)
+    assert [item_id.split("-")[0] for item_id in order] == ["horror", "comedy"] * 2
+    dominant = {item_id: (0.6 if item_id.startswith("horror") else 0.05) for item_id in ranked}
+    order = engine.pages._diversified(ranked, dominant, 4)
+    assert all(item_id.startswith("horror") for item_id in order[:3])
 
 
 def _browsing_batch(users: int, views: int) -> list[BehaviourEvent]:

@@ -31,9 +31,17 @@ T0 = 1_700_000_000_000
 GENRES = ("horror", "comedy", "drama", "scifi", "anime")
 
 
+STYLES = ("closeup", "scene", "title", "cast")
+
+
 def _item(rng: random.Random, index: int) -> CatalogItem:
     genres = tuple(rng.sample(GENRES, rng.choice((0, 1, 1, 2, 3))))
-    return CatalogItem(f"i{index}", f"T{index}", genres, rng.choice((0, 1500, 5400)), ())
+    n_art = rng.choice((0, 1, 2, 3))
+    artworks = tuple(f"i{index}-a{k}" for k in range(n_art))
+    styles = tuple(rng.choice(STYLES) for _ in artworks) if rng.random() < 0.8 else ()
+    return CatalogItem(
+        f"i{index}", f"T{index}", genres, rng.choice((0, 1500, 5400)), artworks, styles
+    )
 
 
 def _state(rng: random.Random, catalog: list[CatalogItem]) -> UserState:
@@ -47,6 +55,9 @@ def _state(rng: random.Random, catalog: list[CatalogItem]) -> UserState:
     state.session_impressed = {i: rng.randrange(1, 4) for i in rng.sample(ids, 8)}
     state.session_scrolled = {i: rng.randrange(1, 3) for i in rng.sample(ids, 5)}
     state.session_clicked = dict.fromkeys(rng.sample(ids, 2))
+    state.genre_evidence = {
+        g: [e, e + rng.uniform(0.0, 3.0)] for g in rng.sample(GENRES, 3) for e in [rng.random()]
+    }
     return state
 
 
@@ -63,14 +74,29 @@ def test_feature_matrix_equals_the_per_item_rows(seed: int) -> None:
     knn = [(item_id, rng.uniform(0.1, 2.0)) for item_id in rng.sample(ids, 6)]
     knn.sort(key=lambda pair: -pair[1])
     trending = [rng.choice((0.0, rng.uniform(0, 50))) for _ in ids]
-    context = ranking_context(state, T0, EngineConfig(), knn[0][1])
-    matrix = rank_feature_matrix(state, context, ids, table.rows(ids), table, trending, knn)
+    context = ranking_context(
+        state,
+        T0,
+        EngineConfig(),
+        knn[0][1],
+        taste_rate=0.12,
+        genre_prior={g: rng.uniform(0.05, 0.2) for g in GENRES[:4]},
+        style_pull={style: rng.uniform(0.5, 1.6) for style in STYLES[:3]},
+        click_rate=0.08,
+    )
+    lifts = np.array([rng.uniform(-1.0, 1.0) for _ in ids])
+    matrix = rank_feature_matrix(
+        state, context, ids, table.rows(ids), table, trending, knn, item_lifts=lifts
+    )
+    assert context.genre_lift and context.style_lift
+    assert np.any(matrix[:, 0] != 0.0) and np.any(matrix[:, 3] != 0.0)
     knn_of = dict(knn)
     for k, item_id in enumerate(ids):
         signals = CandidateSignals(
             knn_score=knn_of.get(item_id, 0.0),
             trending_score=trending[k],
             resume_progress=state.continue_watching.get(item_id, 0.0),
+            item_lift=float(lifts[k]),
         )
         expected = rank_features(state, context, item_id, catalog.get(item_id), signals)
         assert matrix[k].tolist() == expected, item_id

@@ -259,6 +259,20 @@ def _snapshot_file(path: Path, rng: random.Random) -> None:
                 )
                 add("insession.events", user % 3, t, f"u{user}", encode_event(event))
             liked = [i for i in shown if int(i.item_id[1:]) % 2 == likes]
+            for item in shown[:2]:  # the first two were looked at: a click or a scroll-past
+                if item in liked[:1]:
+                    continue
+                t += 500
+                event = BehaviourEvent(
+                    f"u{user}-{visit}-pass-{item.item_id}",
+                    f"u{user}",
+                    "scroll_past",
+                    t,
+                    item.item_id,
+                    f"u{user}-s",
+                    recommendation_id=f"r{user}-{visit}",
+                )
+                add("insession.events", user % 3, t, f"u{user}", encode_event(event))
             for item in liked[:1]:
                 t += 1_000
                 event = BehaviourEvent(
