@@ -304,14 +304,13 @@ class ArtworkBandit:
         others coming. Items without style tags fall back to `choose_many`.
         """
         styles = sorted({style for _, _, item_styles in items for style in item_styles})
-        priors = None
-        if explore and styles:
-            posteriors = np.array([self._style_posterior(style, context) for style in styles])
-            self._reseed(draw_key, "\x00styles")
-            drawn = self._generator.gamma(posteriors[:, 0], 1.0 / posteriors[:, 1]).tolist()
-            priors = dict(zip(styles, drawn, strict=True))
-        pulls = self.user_style_multipliers(
-            styles, context=context, taste=taste, strength=strength, priors=priors
+        pulls = self.style_pulls(
+            styles,
+            context=context,
+            taste=taste,
+            strength=strength,
+            draw_key=draw_key,
+            explore=explore,
         )
         chosen: list[str | None] = [None] * len(items)
         untagged: list[int] = []
@@ -321,8 +320,12 @@ class ArtworkBandit:
             if len(item_styles) != len(artworks):
                 untagged.append(index)
                 continue
-            best = max(range(len(artworks)), key=lambda k: (pulls[item_styles[k]], -k))
-            chosen[index] = artworks[best]
+            best, best_pull = artworks[0], pulls[item_styles[0]]
+            for artwork_id, style in zip(artworks, item_styles, strict=True):
+                pull = pulls[style]
+                if pull > best_pull:  # ties keep the earlier artwork
+                    best, best_pull = artwork_id, pull
+            chosen[index] = best
         if untagged:
             fallback = self.choose_many(
                 [(items[k][0], items[k][1]) for k in untagged], context=context, draw_key=draw_key
@@ -330,6 +333,30 @@ class ArtworkBandit:
             for index, artwork_id in zip(untagged, fallback, strict=True):
                 chosen[index] = artwork_id
         return chosen
+
+    def style_pulls(
+        self,
+        styles: Sequence[str],
+        *,
+        context: str,
+        taste: Mapping[str, Sequence[float]],
+        strength: float,
+        draw_key: str,
+        explore: bool = True,
+    ) -> dict[str, float]:
+        """The pull of each style on this user for one page (see `choose_styled`): the
+        posterior mean multiplier, on a Thompson draw of the context's multipliers when
+        ``explore``. A page's artworks are each title's highest-pulling style."""
+        priors = None
+        if explore and styles:
+            ordered = sorted(styles)
+            posteriors = np.array([self._style_posterior(style, context) for style in ordered])
+            self._reseed(draw_key, "\x00styles")
+            drawn = self._generator.gamma(posteriors[:, 0], 1.0 / posteriors[:, 1]).tolist()
+            priors = dict(zip(ordered, drawn, strict=True))
+        return self.user_style_multipliers(
+            styles, context=context, taste=taste, strength=strength, priors=priors
+        )
 
     def user_style_multipliers(
         self,

@@ -7,6 +7,7 @@ by the engagement their best items predict, and each title appears on the page o
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -40,6 +41,21 @@ _ROW_SCORE_TOP = 3
 #: Genre rows on a personalized page.
 _GENRE_ROWS = 2
 _NO_EVIDENCE = (0.0, 0.0)
+
+
+_set_item_id = PageItem.__dict__["item_id"].__set__
+_set_score = PageItem.__dict__["score"].__set__
+_set_artwork_id = PageItem.__dict__["artwork_id"].__set__
+
+
+def _page_item(item_id: str, score: float, artwork_id: str | None) -> PageItem:
+    """``PageItem(item_id, score, artwork_id)`` without the frozen dataclass's per-field
+    ``object.__setattr__`` (a page has ~60 of them; this halves their cost)."""
+    item = object.__new__(PageItem)
+    _set_item_id(item, item_id)
+    _set_score(item, score)
+    _set_artwork_id(item, artwork_id)
+    return item
 
 
 def session_key(user_id: str, session_id: str) -> str:
@@ -254,13 +270,9 @@ class PageBuilder:
             candidates.update(dict.fromkeys(genre_items))
             plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
         # A few of every genre's best: a taste nobody has looked for yet can only be found if
-        # its titles can reach the page (the exploratory draw in `_scores` puts them there).
-        explore = config.explore_per_genre
-        if explore:
-            for genre in self.items.genre_col:
-                candidates.update(
-                    dict.fromkeys(self._genre_items(genre, trending_ids, trending_rows, explore))
-                )
+        # its titles can reach the page (the ranker and the top row's genre spread decide).
+        if config.explore_per_genre:
+            candidates.update(dict.fromkeys(self._explore_items(trending_ids, trending_rows)))
 
         if not candidates:
             return (), (), np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
@@ -298,24 +310,11 @@ class PageBuilder:
         state: UserState,
         recommendation_id: str,
     ) -> tuple[tuple[PageRow, ...], tuple[str, ...]]:
-        """Choose every placed item's artwork in one bandit draw, then render the rows."""
-        artworks_of = self.items.artworks.get
-        styles_of = self.items.artwork_styles.get
+        """Choose every placed item's artwork, then render the rows."""
         placed_ids = [item_id for _, items in arranged for item_id, _ in items]
-        placed = [
-            (item_id, artworks_of(item_id, ()), styles_of(item_id, ())) for item_id in placed_ids
-        ]
-        chosen = self.bandit.choose_styled(
-            placed,
-            context=state.device or "",
-            taste=state.style_evidence,
-            strength=self.config.style_taste_strength,
-            draw_key=recommendation_id,
-            explore=self.config.style_exploration,
-        )
+        chosen = self._artworks(placed_ids, state, recommendation_id)
         rows = []
         start = 0
-        make_item = PageItem
         rounded = round
         for plan, items in arranged:
             end = start + len(items)
@@ -325,7 +324,7 @@ class PageBuilder:
                     plan.title,
                     tuple(
                         [
-                            make_item(item_id, rounded(score, 6), artwork_id)
+                            _page_item(item_id, rounded(score, 6), artwork_id)
                             for (item_id, score), artwork_id in zip(
                                 items, chosen[start:end], strict=True
                             )
@@ -336,38 +335,111 @@ class PageBuilder:
             start = end
         return tuple(rows), tuple(placed_ids)
 
+    def _artworks(
+        self, item_ids: list[str], state: UserState, recommendation_id: str
+    ) -> list[str | None]:
+        """Each title's artwork in the style that pulls this user most (``ArtworkBandit
+        .choose_styled``, vectorized over the page with the style columns of `ItemTable`);
+        titles without style tags go to the per-artwork bandit in one draw."""
+        items = self.items
+        pulls = self.bandit.style_pulls(
+            list(items.style_col),
+            context=state.device or "",
+            taste=state.style_evidence,
+            strength=self.config.style_taste_strength,
+            draw_key=recommendation_id,
+            explore=self.config.style_exploration,
+        )
+        vector = np.full(len(items.style_col) + 1, -np.inf)  # the last: style_idx padding
+        for style, column in items.style_col.items():
+            vector[column] = pulls[style]
+        pull = vector[items.style_idx[items.rows(item_ids)]]
+        best = pull.argmax(axis=1).tolist()
+        styled = np.isfinite(pull.max(axis=1)).tolist()
+        artworks_of = items.artworks.get
+        chosen: list[str | None] = []
+        untagged: list[int] = []
+        for index, item_id in enumerate(item_ids):
+            artworks = artworks_of(item_id, ())
+            if styled[index]:
+                chosen.append(artworks[best[index]])
+            else:
+                chosen.append(None)
+                if artworks:
+                    untagged.append(index)
+        if untagged:
+            fallback = self.bandit.choose_many(
+                [(item_ids[k], artworks_of(item_ids[k], ())) for k in untagged],
+                context=state.device or "",
+                draw_key=recommendation_id,
+            )
+            for index, artwork_id in zip(untagged, fallback, strict=True):
+                chosen[index] = artwork_id
+        return chosen
+
     def _diversified(self, ranked: list[str], score_of: dict[str, float], limit: int) -> list[str]:
-        """The best ``limit`` titles in an order that spreads genres (maximal marginal
-        relevance): each next title's log-score loses ``genre_diversity`` per title of the
-        same genre already ahead of it (a title of two genres counts half for each).
+        """The best ``limit`` titles in an order that spreads genres over the first
+        ``row_size`` slots (maximal marginal relevance): each next title's log-score loses
+        ``genre_diversity`` per title of the same genre already ahead of it (a title of two
+        genres counts half for each). Past the visible slots the order is the score's.
 
         A user looks at the first three or four titles of the top row; five titles of one
         genre there teach nothing about the other genres and bore a user who does not love
         it, while a strongly loved genre still wins most slots.
         """
         penalty = self.config.genre_diversity
+        slots = min(self.config.row_size, limit)
         if penalty <= 0.0 or len(ranked) <= 1:
             return ranked[:limit]
-        pool = ranked[: limit * 3]
-        items = self.items
-        items.sync(self.catalog)
-        rows = items.rows(pool)
-        # Each title's share of each genre (1/len(genres) per genre), as ItemTable holds it.
-        shares = items.genre_hits[rows] / items.genre_count[rows, None]
-        values = np.log(np.maximum([score_of[item_id] for item_id in pool], 1e-12))
-        shown = np.zeros(shares.shape[1])
+        pool = ranked[: slots * 3]
+        get = self.catalog.get
+        log = math.log
+        # Plain Python over a pool of 30: cheaper than numpy calls per pick. Each title's value
+        # is its log-score minus the penalty of the titles of its genres already chosen,
+        # updated only for the titles that share a genre with the one just chosen.
+        values = [log(max(score_of[item_id], 1e-12)) for item_id in pool]
+        members: dict[str, list[int]] = {}
+        share = []
+        genres_of = []
+        for index, item_id in enumerate(pool):
+            item = get(item_id)
+            genres = item.genres if item is not None else ()
+            genres_of.append(genres)
+            share.append(penalty / len(genres) if genres else 0.0)
+            for genre in genres:
+                members.setdefault(genre, []).append(index)
         chosen: list[str] = []
-        for _ in range(min(limit, len(pool))):
-            index = int(np.argmax(values - penalty * (shares @ shown)))
-            chosen.append(pool[index])
-            values[index] = -np.inf
-            shown += shares[index] > 0.0
-        return chosen
+        for _ in range(min(slots, len(pool))):
+            best = max(range(len(pool)), key=values.__getitem__)  # the first of equals
+            chosen.append(pool[best])
+            values[best] = -math.inf
+            for genre in genres_of[best]:
+                for index in members[genre]:
+                    values[index] -= share[index]
+        taken = set(chosen)
+        chosen.extend(item_id for item_id in ranked[: limit + slots] if item_id not in taken)
+        return chosen[:limit]
 
     def _scores(self, features: np.ndarray) -> np.ndarray:
         """Click probabilities from the ranker (the click model and the learned regression,
         blended by how well each has been predicting: ``online_models.blended_ranker``)."""
         return self.ranker.predict_proba_many(features)
+
+    def _explore_items(self, trending_ids: list[str], trending_rows: np.ndarray) -> list[str]:
+        """The first ``explore_per_genre`` trending titles of every genre (filled up from the
+        catalog for genres trending lacks): one pass over the trending rows, not one per genre.
+        """
+        limit = self.config.explore_per_genre
+        items = self.items
+        hits = items.genre_hits[trending_rows] > 0.0
+        # Per genre column, the trending positions of its titles, best first; keep `limit`.
+        keep = hits & (np.cumsum(hits, axis=0) <= limit)
+        chosen = [trending_ids[k] for k in np.flatnonzero(keep.any(axis=1)).tolist()]
+        counts = keep.sum(axis=0).tolist()
+        for genre, column in items.genre_col.items():
+            if counts[column] < limit:  # trending lacks this genre: the catalog's first titles
+                chosen.extend(self.catalog.items_in_genre(genre)[:limit])
+        return chosen
 
     def _genre_items(
         self,

@@ -81,6 +81,17 @@ class ArtworkChooser(Protocol):
         explore: bool = True,
     ) -> list[str | None]: ...
 
+    def style_pulls(
+        self,
+        styles: Sequence[str],
+        *,
+        context: str,
+        taste: Mapping[str, Sequence[float]],
+        strength: float,
+        draw_key: str,
+        explore: bool = True,
+    ) -> dict[str, float]: ...
+
     def update(self, artwork_id: str, clicked: bool, *, context: str) -> None: ...
 
     def update_style(

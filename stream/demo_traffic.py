@@ -16,10 +16,11 @@ __all__ = ["DEMO_GENRES", "DemoUser", "demo_catalog", "react_to_page"]
 DEMO_GENRES = ("action", "comedy", "drama", "horror", "scifi", "romance", "documentary", "anime")
 _ADJECTIVES = ("Silent", "Last", "Red", "Lost", "Golden", "Broken", "Hidden", "Final", "Wild")
 _NOUNS = ("Harbor", "Signal", "Empire", "Garden", "Machine", "River", "Promise", "Frontier")
+_STYLES = ("character-closeup", "action-scene", "ensemble-cast", "minimal-title", "landscape")
 
 
 def demo_catalog(n_items: int = 240, seed: int = 1) -> list[CatalogItem]:
-    """Items spread over the demo genres, each with three artworks."""
+    """Items spread over the demo genres, each with three artworks tagged with their style."""
     rng = random.Random(seed)
     items = []
     for index in range(n_items):
@@ -33,6 +34,7 @@ def demo_catalog(n_items: int = 240, seed: int = 1) -> list[CatalogItem]:
                 genres=tuple(dict.fromkeys(genres)),
                 duration_s=rng.choice((1500, 2700, 5400, 7200)),
                 artworks=tuple(f"{item_id}-art{k}" for k in range(3)),
+                artwork_styles=tuple(_STYLES[(index + 2 * k) % len(_STYLES)] for k in range(3)),
             )
         )
     return items
