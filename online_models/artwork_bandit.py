@@ -114,6 +114,8 @@ class ArtworkBandit:
         self._params: dict[str, dict[str, tuple[float, float]]] = {}
         # context -> artwork style -> [observed, expected] engagement (see update_style).
         self._styles: dict[str, dict[str, list[float]]] = {_GLOBAL: {}}
+        # (style, context) -> posterior, until the next update_style: a page asks twice.
+        self._style_memo: dict[tuple[str, str], tuple[float, float]] = {}
         seed_bytes = str(self.seed).encode()
         self._seed_prefix = len(seed_bytes).to_bytes(4, "little") + seed_bytes
         # One generator, reseeded per draw: building a Generator costs ~27 µs (SeedSequence),
@@ -258,6 +260,8 @@ class ArtworkBandit:
         """
         if expected <= 0.0 and observed <= 0.0:
             return
+        if self._style_memo:
+            self._style_memo.clear()
         for table_context in (_GLOBAL, context) if context != _GLOBAL else (_GLOBAL,):
             table = self._styles.get(table_context)
             if table is None:
@@ -523,6 +527,7 @@ class ArtworkBandit:
         styles.setdefault(_GLOBAL, {})
         bandit._tables = tables
         bandit._styles = styles
+        bandit._style_memo.clear()
         return bandit
 
     # Helpers
@@ -542,6 +547,13 @@ class ArtworkBandit:
         """Observed and expected engagement of a style in a context, plus the prior (a
         multiplier of 1 worth ``prior_alpha + prior_beta``) and the rest of the world's
         record scaled to at most `backoff_observations` expected engagements."""
+        key = (style, context)
+        posterior = self._style_memo.get(key)
+        if posterior is None:
+            posterior = self._style_memo[key] = self._compute_style_posterior(style, context)
+        return posterior
+
+    def _compute_style_posterior(self, style: str, context: str) -> tuple[float, float]:
         prior = self.prior_alpha + self.prior_beta
         global_counts = self._styles[_GLOBAL].get(style, _NO_EVIDENCE)
         if context == _GLOBAL:
@@ -561,6 +573,7 @@ class ArtworkBandit:
         if named:
             least = min(named, key=lambda c: sum(n for _, n in self._styles[c].values()))
             del self._styles[least]
+            self._style_memo.clear()
 
     def _reseed(self, draw_key: str, item_id: str) -> None:
         """Point the generator at the stream of ``(seed, draw_key, item_id)``."""

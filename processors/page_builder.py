@@ -41,6 +41,9 @@ _ROW_SCORE_TOP = 3
 #: Genre rows on a personalized page.
 _GENRE_ROWS = 2
 _NO_EVIDENCE = (0.0, 0.0)
+#: Slots of "Top picks" whose genres are spread: what a row shows without sideways scrolling
+#: (3 titles on a phone, 5 on a TV, 6 on the web).
+_SPREAD_SLOTS = 6
 
 
 _set_item_id = PageItem.__dict__["item_id"].__set__
@@ -379,16 +382,16 @@ class PageBuilder:
 
     def _diversified(self, ranked: list[str], score_of: dict[str, float], limit: int) -> list[str]:
         """The best ``limit`` titles in an order that spreads genres over the first
-        ``row_size`` slots (maximal marginal relevance): each next title's log-score loses
+        `_SPREAD_SLOTS` slots (maximal marginal relevance): each next title's log-score loses
         ``genre_diversity`` per title of the same genre already ahead of it (a title of two
-        genres counts half for each). Past the visible slots the order is the score's.
+        genres counts half for each). Past them the order is the score's.
 
         A user looks at the first three or four titles of the top row; five titles of one
         genre there teach nothing about the other genres and bore a user who does not love
         it, while a strongly loved genre still wins most slots.
         """
         penalty = self.config.genre_diversity
-        slots = min(self.config.row_size, limit)
+        slots = min(_SPREAD_SLOTS, limit)
         if penalty <= 0.0 or len(ranked) <= 1:
             return ranked[:limit]
         pool = ranked[: slots * 3]
