@@ -46,13 +46,18 @@ class LatencyRecorder:
         return self.histogram.get_value_at_percentile(percentile) / 1000.0
 
     def summary_ms(self) -> dict[str, float]:
-        """p50/p90/p99/p99.9/max in milliseconds, and the count."""
+        """p50/p90/p99/p99.9/max in milliseconds, and the count.
+
+        One pass over the histogram for all four percentiles (the worker publishes two
+        summaries every second; a pass per percentile cost ~2.8 ms per summary).
+        """
+        values = self.histogram.get_percentile_to_value_dict([50.0, 90.0, 99.0, 99.9])
         return {
             "count": self.count,
-            "p50_ms": self.percentile_ms(50),
-            "p90_ms": self.percentile_ms(90),
-            "p99_ms": self.percentile_ms(99),
-            "p999_ms": self.percentile_ms(99.9),
+            "p50_ms": values.get(50.0, 0) / 1000.0,
+            "p90_ms": values.get(90.0, 0) / 1000.0,
+            "p99_ms": values.get(99.0, 0) / 1000.0,
+            "p999_ms": values.get(99.9, 0) / 1000.0,
             "max_ms": self.histogram.get_max_value() / 1000.0,
         }
 
