@@ -25,6 +25,7 @@ from processors.engine import Engine
 from stream.ack_guard import AckGuard
 from stream.config import Settings
 from stream.kafka_transport import consume_in_batches, producer_send
+from stream.latency import GcPauses
 from stream.pipeline import EventPipeline, RawMessage
 from stream.redis_store import RedisStore
 
@@ -166,6 +167,7 @@ class WorkerApp:
         if self._started:
             return
         self._started = True
+        self.pipeline.gc_pauses = GcPauses().install()
         await self.app.maybe_start_producer()
         if self.settings.using_dev_snapshot_key:
             log.warning("INSESSION_SNAPSHOT_KEY is not set: model snapshots use the dev key")

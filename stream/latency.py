@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any
+
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["LatencyRecorder"]
+__all__ = ["GcPauses", "LatencyRecorder"]
 
 _LOWEST_US = 1
 _HIGHEST_US = 60 * 1_000_000
@@ -64,3 +68,39 @@ class LatencyRecorder:
     def reset(self) -> None:
         """Start a new measurement window."""
         self.histogram.reset()
+
+
+class GcPauses:
+    """How long the garbage collector stops the process, per generation (``gc.callbacks``).
+
+    A full (generation 2) collection walks every tracked object: with a worker's states,
+    models and caches that is tens of milliseconds during which no event is processed, which
+    shows in the tail of every latency histogram. Recording them says how much of the tail.
+    """
+
+    def __init__(self) -> None:
+        self.by_generation = [LatencyRecorder() for _ in range(3)]
+        self._started_ns = 0
+
+    def install(self) -> GcPauses:
+        """Start recording (idempotent)."""
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+        return self
+
+    def uninstall(self) -> None:
+        """Stop recording."""
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started_ns = time.perf_counter_ns()
+        elif self._started_ns:
+            generation = min(int(info.get("generation", 2)), 2)
+            self.by_generation[generation].record_ns(time.perf_counter_ns() - self._started_ns)
+            self._started_ns = 0
+
+    def summary_ms(self) -> dict[str, dict[str, float]]:
+        """Pause percentiles per generation, in milliseconds."""
+        return {f"gen{g}": r.summary_ms() for g, r in enumerate(self.by_generation)}

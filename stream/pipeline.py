@@ -35,7 +35,7 @@ from schemas.codec import encode_churn_alert, encode_dead_letter, encode_page
 from schemas.messages import BehaviourEvent, DeadLetter, Page
 from stream.config import Settings
 from stream.inflight import FailureHandler, InFlight
-from stream.latency import LatencyRecorder
+from stream.latency import GcPauses, LatencyRecorder
 from stream.redis_store import RedisStore
 
 __all__ = ["EventPipeline", "RawMessage", "SendFn"]
@@ -102,6 +102,8 @@ class EventPipeline:
         self.processing = LatencyRecorder()
         #: Consumed → page handed to the producer, once per page (issue 5's definition).
         self.page_produced = LatencyRecorder()
+        #: The process's garbage-collector pauses, when the runtime records them.
+        self.gc_pauses: GcPauses | None = None
         self._catalog_version: int | None = None
         #: One batch, expiry pass or rebalance step at a time: a revocation must not drop
         #: users while a batch that touches them is still between the engine and Redis.
@@ -487,6 +489,8 @@ class EventPipeline:
             "page_produced_hdr": self.page_produced.histogram.encode().decode("ascii"),
             "batches_in_flight": self.inflight.pending,
         }
+        if self.gc_pauses is not None:
+            payload["gc_pauses"] = self.gc_pauses.summary_ms()
         return await self.store.write({self.store.key("metrics", "worker"): orjson.dumps(payload)})
 
     async def checkpoint_models(self) -> bool:

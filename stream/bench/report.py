@@ -75,6 +75,16 @@ def render_table(result: dict[str, Any]) -> str:
             + " |"
         )
         lines.append("")
+    pauses = result.get("insession", {}).get("gc_pauses")
+    if pauses:
+        lines.append(
+            "worker GC pauses over the run (count, p99 / max ms): "
+            + ", ".join(
+                f"{gen} {p['count']:.0f}, {p['p99_ms']:.1f} / {p['max_ms']:.1f}"
+                for gen, p in sorted(pauses.items())
+            )
+        )
+        lines.append("")
     for name in ("broker_floor", "faust_floor", "insession"):
         error = result.get(name, {}).get("error")
         if error:

@@ -468,6 +468,12 @@ def _measure_worker(
         summary["in_worker_pages"] = later["pages"] - earlier["pages"]
 
     def sustained(runner: PhaseRunner, out: dict[str, Any]) -> None:
+        _sustained(runner, out)
+        last = watcher.first_after(time.time_ns() // 1_000_000)
+        if last is not None:  # the worker's GC pauses over the whole run (cumulative)
+            out["gc_pauses"] = last.get("gc_pauses")
+
+    def _sustained(runner: PhaseRunner, out: dict[str, Any]) -> None:
         capacity = out["max_throughput"]["events_per_s"]
         if capacity <= 0 or not runner.wait_idle(options.idle_timeout_s):
             return
