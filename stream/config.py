@@ -60,7 +60,7 @@ class Settings:
     batch_max: int = 500
     #: Batches processed whose outputs' acks and Redis checkpoint are still awaited; at the
     #: limit the worker stops fetching until the oldest completes (stream/inflight.py).
-    max_batches_in_flight: int = 4
+    max_batches_in_flight: int = 2
     #: One page per user per batch, answering all of that user's triggers in the batch
     #: (``Page.coalesced_event_ids``); false: one page per trigger event (see README).
     coalesce_pages: bool = True
