@@ -167,12 +167,13 @@ class WorkerApp:
         if self._started:
             return
         self._started = True
-        self.pipeline.gc_pauses = GcPauses().install()
         await self.app.maybe_start_producer()
         if self.settings.using_dev_snapshot_key:
             log.warning("INSESSION_SNAPSHOT_KEY is not set: model snapshots use the dev key")
         restored = await self.pipeline.restore_models()
         loaded = await self.pipeline.refresh_catalog(force=True)
+        # After the restore: the models and the catalog are the bulk of what lives for good.
+        self.pipeline.gc_pauses = GcPauses(freeze_survivors=self.settings.gc_freeze).install()
         log.info("worker ready: models restored=%s, catalog items loaded=%d", restored, loaded)
 
     def _wire(self) -> None:
@@ -214,6 +215,16 @@ class WorkerApp:
         async def publish_worker_metrics() -> None:
             if self._started:  # read by `insession bench` (processing-time histogram)
                 await pipeline.publish_worker_metrics()
+
+        @app.timer(1.0)
+        async def freeze_gc_survivors() -> None:
+            if self.pipeline.gc_pauses is not None:
+                self.pipeline.gc_pauses.freeze_if_due()
+
+        @app.timer(3600.0)
+        async def unfreeze_gc() -> None:  # cycles among frozen objects get collected again
+            if self.pipeline.gc_pauses is not None and settings.gc_freeze:
+                self.pipeline.gc_pauses.unfreeze()
 
         @app.timer(5.0)
         async def publish_arm_metrics() -> None:

@@ -71,27 +71,58 @@ class LatencyRecorder:
 
 
 class GcPauses:
-    """How long the garbage collector stops the process, per generation (``gc.callbacks``).
+    """How long the garbage collector stops the process, per generation (``gc.callbacks``),
+    and optionally what it has to walk next time.
 
     A full (generation 2) collection walks every tracked object: with a worker's states,
-    models and caches that is tens of milliseconds during which no event is processed, which
-    shows in the tail of every latency histogram. Recording them says how much of the tail.
+    models, caches and the runtime's objects that measured 120-200 ms on an idle core and up to
+    550 ms on the shared one, during which no event is processed; it showed in the tail of
+    every latency histogram. With ``freeze_survivors``, :meth:`freeze_if_due` moves everything
+    that survived the last full collection to the permanent generation (``gc.freeze``), so the
+    next one walks only what was created since: in-process on the benchmark traffic, full
+    pauses went from ~130-200 ms to ~30-80 ms. Frozen objects are still freed by reference
+    counting; only garbage *cycles* among them wait, until :meth:`unfreeze` (the worker calls
+    it hourly) lets the next full collection walk everything again. The engine makes ~24
+    cyclic garbage objects per 20,000 events, so that wait costs little memory.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, freeze_survivors: bool = False) -> None:
         self.by_generation = [LatencyRecorder() for _ in range(3)]
+        self.freeze_survivors = freeze_survivors
+        self.freezes = 0
         self._started_ns = 0
+        self._full_collection_done = False
 
     def install(self) -> GcPauses:
-        """Start recording (idempotent)."""
+        """Start recording (idempotent); with ``freeze_survivors``, freeze what lives now."""
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
+        if self.freeze_survivors:
+            gc.collect()
+            self._full_collection_done = False
+            self._freeze()
         return self
 
     def uninstall(self) -> None:
         """Stop recording."""
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
+
+    def freeze_if_due(self) -> bool:
+        """After a full collection, freeze its survivors (call from the event loop, not GC)."""
+        if not (self.freeze_survivors and self._full_collection_done):
+            return False
+        self._full_collection_done = False
+        self._freeze()
+        return True
+
+    def unfreeze(self) -> None:
+        """Let the next full collection walk (and free cycles among) everything again."""
+        gc.unfreeze()
+
+    def _freeze(self) -> None:
+        gc.freeze()
+        self.freezes += 1
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -100,7 +131,12 @@ class GcPauses:
             generation = min(int(info.get("generation", 2)), 2)
             self.by_generation[generation].record_ns(time.perf_counter_ns() - self._started_ns)
             self._started_ns = 0
+            if generation == 2:
+                self._full_collection_done = True
 
-    def summary_ms(self) -> dict[str, dict[str, float]]:
-        """Pause percentiles per generation, in milliseconds."""
-        return {f"gen{g}": r.summary_ms() for g, r in enumerate(self.by_generation)}
+    def summary_ms(self) -> dict[str, Any]:
+        """Pause percentiles per generation, in milliseconds, and the freezes so far."""
+        out: dict[str, Any] = {f"gen{g}": r.summary_ms() for g, r in enumerate(self.by_generation)}
+        out["freezes"] = self.freezes
+        out["frozen_objects"] = gc.get_freeze_count()
+        return out

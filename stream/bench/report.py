@@ -82,7 +82,9 @@ def render_table(result: dict[str, Any]) -> str:
             + ", ".join(
                 f"{gen} {p['count']:.0f}, {p['p99_ms']:.1f} / {p['max_ms']:.1f}"
                 for gen, p in sorted(pauses.items())
+                if gen.startswith("gen")
             )
+            + f"; survivors frozen {pauses.get('freezes', 0)} times"
         )
         lines.append("")
     for name in ("broker_floor", "faust_floor", "insession"):
