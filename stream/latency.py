@@ -92,6 +92,7 @@ class GcPauses:
         self.freezes = 0
         self._started_ns = 0
         self._full_collection_done = False
+        self._summaries: dict[str, dict[str, float]] = {}
 
     def install(self) -> GcPauses:
         """Start recording (idempotent); with ``freeze_survivors``, freeze what lives now."""
@@ -135,8 +136,17 @@ class GcPauses:
                 self._full_collection_done = True
 
     def summary_ms(self) -> dict[str, Any]:
-        """Pause percentiles per generation, in milliseconds, and the freezes so far."""
-        out: dict[str, Any] = {f"gen{g}": r.summary_ms() for g, r in enumerate(self.by_generation)}
+        """Pause percentiles per generation, in milliseconds, and the freezes so far.
+
+        Recomputed only for generations that collected since the last call (a summary walks
+        the histogram; the worker publishes this every second).
+        """
+        cached = self._summaries
+        for generation, recorder in enumerate(self.by_generation):
+            key = f"gen{generation}"
+            if key not in cached or cached[key]["count"] != recorder.count:
+                cached[key] = recorder.summary_ms()
+        out: dict[str, Any] = dict(cached)
         out["freezes"] = self.freezes
         out["frozen_objects"] = gc.get_freeze_count()
         return out
