@@ -93,6 +93,7 @@ class GcPauses:
         self._started_ns = 0
         self._full_collection_done = False
         self._summaries: dict[str, dict[str, float]] = {}
+        self._summarized_at: dict[str, float] = {}
 
     def install(self) -> GcPauses:
         """Start recording (idempotent); with ``freeze_survivors``, freeze what lives now."""
@@ -138,14 +139,20 @@ class GcPauses:
     def summary_ms(self) -> dict[str, Any]:
         """Pause percentiles per generation, in milliseconds, and the freezes so far.
 
-        Recomputed only for generations that collected since the last call (a summary walks
-        the histogram; the worker publishes this every second).
+        A summary walks the histogram and the worker publishes this every second, while
+        young collections happen several times a second: generations 0 and 1 are summarized
+        at most every 10 s, generation 2 whenever it collected.
         """
         cached = self._summaries
+        now = time.monotonic()
         for generation, recorder in enumerate(self.by_generation):
             key = f"gen{generation}"
-            if key not in cached or cached[key]["count"] != recorder.count:
+            summary = cached.get(key)
+            stale = summary is None or summary["count"] != recorder.count
+            due = generation == 2 or now - self._summarized_at.get(key, -1e9) >= 10.0
+            if stale and due:
                 cached[key] = recorder.summary_ms()
+                self._summarized_at[key] = now
         out: dict[str, Any] = dict(cached)
         out["freezes"] = self.freezes
         out["frozen_objects"] = gc.get_freeze_count()
