@@ -1,4 +1,4 @@
-"""Commit only what the agent finished: a guard on the Faust consumer's ``ack``.
+"""Commit only what the worker finished: a guard on the Faust consumer's ``ack``.
 
 Faust commits every offset its consumer was told to ``ack``, and it acks input messages the
 agent never finished in three places (faust-streaming 0.15.3):
