@@ -130,7 +130,8 @@ async def test_a_batch_is_released_only_after_its_acks_and_its_checkpoint_in_ord
 async def test_a_user_loaded_while_their_checkpoint_is_in_flight_gets_the_newer_copy() -> None:
     """Evicted right after a batch, reloaded by the next: from the pending checkpoint, since
     Redis does not have it yet (the broker has not acknowledged that batch's outputs)."""
-    pipeline, store, broker = _pipeline(max_users_in_memory=1)
+    # Three batches wait for their acks here: room for all of them (else the third waits).
+    pipeline, store, broker = _pipeline(max_users_in_memory=1, max_batches_in_flight=3)
     await pipeline.submit_events(_batch(_hovers("a", 0, 1)))
     await pipeline.submit_events(_batch(_hovers("b", 0, 1), start=1))  # evicts "a"
     assert "a" not in pipeline.states
@@ -142,6 +143,22 @@ async def test_a_user_loaded_while_their_checkpoint_is_in_flight_gets_the_newer_
     await pipeline.drain()
     assert orjson.loads(store.values["t:state:a"])["session_events"] == 2
     assert pipeline._unwritten == {}
+
+
+async def test_submitting_waits_while_the_maximum_of_batches_is_in_flight() -> None:
+    """Backpressure: with 2 in flight, a third batch is processed but not submitted (so the
+    drain loop fetches nothing more) until the oldest completes."""
+    pipeline, _, broker = _pipeline(max_batches_in_flight=2)
+    await pipeline.submit_events(_batch(_hovers("u1", 0, 1)))
+    await pipeline.submit_events(_batch(_hovers("u1", 1, 1), start=1))
+    third = asyncio.ensure_future(pipeline.submit_events(_batch(_hovers("u1", 2, 1), start=2)))
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    broker.acks[0].set_result(None)
+    await third
+    broker.ack_all()
+    await pipeline.drain()
+    assert pipeline.inflight.pending == 0
 
 
 async def test_a_revocation_waits_for_the_batches_in_flight() -> None:
