@@ -1,8 +1,11 @@
-"""The Faust app: topics, the thin agents, timers, and the signals that keep state correct.
+"""The Faust app: topics, the thin batch handlers, timers, and the signals that keep state right.
 
-Agents only decode → call the pipeline (which calls the engine) → send. All state the worker
-needs after a restart is checkpointed to Redis by the pipeline, not kept in Faust tables: on
-the embedded broker Faust's changelog recovery stops short (see README, "State and restarts").
+The input topics are consumed in batches (``stream.kafka_transport.consume_in_batches``), not
+through Faust agents and streams, whose per-event machinery cost more CPU than the engine (see
+that module); handlers only convert → call the pipeline (which calls the engine) → send through
+Faust's producer. All state the worker needs after a restart is checkpointed to Redis by the
+pipeline, not kept in Faust tables: on the embedded broker Faust's changelog recovery stops
+short (see README, "State and restarts").
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
@@ -21,10 +24,18 @@ from processors.catalog import Catalog
 from processors.engine import Engine
 from stream.ack_guard import AckGuard
 from stream.config import Settings
+from stream.kafka_transport import consume_in_batches, producer_send
+from stream.latency import GcPauses
 from stream.pipeline import EventPipeline, RawMessage
 from stream.redis_store import RedisStore
 
-__all__ = ["WorkerApp", "create_app", "faust_broker_urls", "make_faust_app", "raw_topic"]
+__all__ = [
+    "WorkerApp",
+    "create_app",
+    "faust_broker_urls",
+    "make_faust_app",
+    "raw_topic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +86,9 @@ def make_faust_app(settings: Settings, app_id: str) -> faust.App:
     """A Faust app with the worker's settings: raw bytes, our transport, latency-tuned timings.
 
     Shared by the worker and the benchmark's Faust floor, so the floor measures exactly the
-    Faust configuration the worker runs with.
+    Faust configuration the worker runs with. Both consume with
+    ``stream.kafka_transport.consume_in_batches`` and send with
+    ``stream.kafka_transport.producer_send``.
     """
     app = faust.App(
         app_id,
@@ -137,7 +150,9 @@ class WorkerApp:
             served_cache_pages=settings.served_cache_pages,
             limits=settings.codec_limits(),
         )
-        self.pipeline = EventPipeline(settings, engine, self.store, self._send)
+        self.pipeline = EventPipeline(
+            settings, engine, self.store, self._send, on_failure=self._completion_failed
+        )
         self.ack_guard = AckGuard({settings.events_topic, settings.catalog_topic})
         self.ack_guard.install(self.app.consumer)
         self._started = False
@@ -145,44 +160,36 @@ class WorkerApp:
         self._wire()
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[object]:
-        return await self.topics[topic].send(key=key, value=value)
+        return await producer_send(self.app, topic, key, value)
 
     async def _ensure_started(self) -> None:
         """Restore models and catalog once, before the first batch is processed."""
         if self._started:
             return
         self._started = True
+        await self.app.maybe_start_producer()
         if self.settings.using_dev_snapshot_key:
             log.warning("INSESSION_SNAPSHOT_KEY is not set: model snapshots use the dev key")
         restored = await self.pipeline.restore_models()
         loaded = await self.pipeline.refresh_catalog(force=True)
+        # After the restore: the models and the catalog are the bulk of what lives for good.
+        self.pipeline.gc_pauses = GcPauses(freeze_survivors=self.settings.gc_freeze).install()
         log.info("worker ready: models restored=%s, catalog items loaded=%d", restored, loaded)
 
     def _wire(self) -> None:
         app, settings, pipeline = self.app, self.settings, self.pipeline
-        events_topic = self.topics[settings.events_topic]
-        catalog_topic = self.topics[settings.catalog_topic]
-
-        async def personalize_events(stream: faust.StreamT) -> None:
-            async for batch in stream.take_events(
-                settings.batch_max, within=settings.batch_within_s
-            ):
-                messages = [_raw_message(event) for event in batch]
-                skipped = await self._guarded(pipeline.handle_events, messages)
-                # Only now may these offsets be committed (see stream/ack_guard.py); a batch
-                # that raised or was cancelled never gets here, nor do skipped messages.
-                self.ack_guard.finish(_finished_messages(batch, messages, skipped))
-
-        async def ingest_catalog(stream: faust.StreamT) -> None:
-            async for batch in stream.take_events(
-                settings.batch_max, within=settings.batch_within_s
-            ):
-                messages = [_raw_message(event) for event in batch]
-                await self._guarded(pipeline.handle_catalog, messages)
-                self.ack_guard.finish(event.message for event in batch)
-
-        app.agent(events_topic, name="personalize_events", concurrency=1)(personalize_events)
-        app.agent(catalog_topic, name="ingest_catalog", concurrency=1)(ingest_catalog)
+        consume_in_batches(
+            app,
+            self.topics[settings.events_topic],
+            self.personalize_events,
+            batch_max=settings.batch_max,
+        )
+        consume_in_batches(
+            app,
+            self.topics[settings.catalog_topic],
+            self.ingest_catalog,
+            batch_max=settings.batch_max,
+        )
 
         @app.timer(settings.expiry_interval_s)
         async def expire_idle_sessions() -> None:
@@ -209,6 +216,16 @@ class WorkerApp:
             if self._started:  # read by `insession bench` (processing-time histogram)
                 await pipeline.publish_worker_metrics()
 
+        @app.timer(1.0)
+        async def freeze_gc_survivors() -> None:
+            if self.pipeline.gc_pauses is not None:
+                self.pipeline.gc_pauses.freeze_if_due()
+
+        @app.timer(3600.0)
+        async def unfreeze_gc() -> None:  # cycles among frozen objects get collected again
+            if self.pipeline.gc_pauses is not None and settings.gc_freeze:
+                self.pipeline.gc_pauses.unfreeze()
+
         @app.timer(5.0)
         async def publish_arm_metrics() -> None:
             if self._started:
@@ -230,27 +247,55 @@ class WorkerApp:
         @app.on_before_shutdown.connect
         async def on_shutdown(sender: Any, **kwargs: Any) -> None:
             if self._started:
+                await pipeline.drain()  # batches in flight complete, so they are committed
                 await pipeline.checkpoint_models()
 
-    async def _guarded(self, handler: Any, messages: list[RawMessage]) -> Any:
-        """Turn a failed batch into dead letters; only if even that fails, stop the worker."""
+    async def personalize_events(self, batch: Sequence[Any], received: float) -> None:
+        """Events: processed now, acknowledged once their effects are durable (in order)."""
         await self._ensure_started()
+        messages = [_raw_message(message) for message in batch]
+        originals = {id(raw): message for raw, message in zip(messages, batch, strict=True)}
+
+        def durable(done: Sequence[RawMessage]) -> None:
+            # Only now may these offsets be committed (see stream/ack_guard.py); messages
+            # skipped because their partition was revoked meanwhile are never in ``done``.
+            self.ack_guard.acknowledge(originals[id(raw)] for raw in done)
+
         try:
-            return await handler(messages)
+            await self.pipeline.submit_events(messages, received=received, on_durable=durable)
         except Exception as error:  # the batch is dead-lettered, never silently dropped
-            log.exception("batch of %d failed; dead-lettering it", len(messages))
-            self.pipeline.counters["internal_errors"] += 1
-            try:
-                await self.pipeline.dead_letter_batch(messages, f"internal_error: {error!r}")
-            except Exception as fatal:
-                # Nowhere to put the batch. Carrying on would leave a gap that stops every
-                # later commit, and the long redelivery after the eventual restart could
-                # outrun the per-user dedup window. Stop now: the ack guard keeps the batch
-                # uncommitted and a restarted worker gets it again.
-                log.critical("cannot dead-letter a failed batch (%r): stopping the worker", fatal)
-                await self.app.crash(fatal)
-                raise
-        return None
+            await self._dead_letter_failed(messages, error)
+            self.ack_guard.acknowledge(batch)
+
+    async def ingest_catalog(self, batch: Sequence[Any], received: float) -> None:
+        """Catalog items: applied, stored in Redis, then acknowledged."""
+        await self._ensure_started()
+        messages = [_raw_message(message) for message in batch]
+        try:
+            await self.pipeline.handle_catalog(messages)
+        except Exception as error:
+            await self._dead_letter_failed(messages, error)
+        self.ack_guard.acknowledge(batch)
+
+    async def _dead_letter_failed(self, messages: list[RawMessage], error: Exception) -> None:
+        """Turn a failed batch into dead letters; only if even that fails, stop the worker."""
+        log.error("batch of %d failed; dead-lettering it", len(messages), exc_info=error)
+        self.pipeline.counters["internal_errors"] += 1
+        try:
+            await self.pipeline.dead_letter_batch(messages, f"internal_error: {error!r}")
+        except Exception as fatal:
+            # Nowhere to put the batch. Carrying on would leave a gap that stops every
+            # later commit, and the long redelivery after the eventual restart could
+            # outrun the per-user dedup window. Stop now: the ack guard keeps the batch
+            # uncommitted and a restarted worker gets it again.
+            log.critical("cannot dead-letter a failed batch (%r): stopping the worker", fatal)
+            await self.app.crash(fatal)
+            raise
+
+    async def _completion_failed(self, error: BaseException) -> None:
+        """A batch whose outputs failed could not even be dead-lettered: stop, uncommitted."""
+        log.critical("cannot dead-letter a failed batch (%r): stopping the worker", error)
+        await self.app.crash(error)
 
     def _log_stats(self) -> None:
         counters = self.pipeline.counters
@@ -276,18 +321,7 @@ class WorkerApp:
         self._last_stats = (now, events, pages)
 
 
-def _finished_messages(
-    batch: Sequence[Any], messages: Sequence[RawMessage], skipped: Sequence[RawMessage] | None
-) -> Iterator[Any]:
-    """The Faust messages of a batch, minus those the pipeline skipped (partition revoked)."""
-    skipped_ids = {id(message) for message in skipped or ()}
-    for event, message in zip(batch, messages, strict=True):
-        if id(message) not in skipped_ids:
-            yield event.message
-
-
-def _raw_message(event: Any) -> RawMessage:
-    message = event.message
+def _raw_message(message: Any) -> RawMessage:
     headers = message.headers or {}
     if not isinstance(headers, dict):
         headers = {k: v for k, v in headers}

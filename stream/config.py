@@ -56,8 +56,17 @@ class Settings:
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.0
     rebalance_timeout_s: float = 6.0
+    #: Most events handed to the pipeline at once (a fetched round is cut into such slices).
     batch_max: int = 500
-    batch_within_s: float = 0.002
+    #: Batches processed whose outputs' acks and Redis checkpoint are still awaited; at the
+    #: limit the worker stops fetching until the oldest completes (stream/inflight.py).
+    max_batches_in_flight: int = 2
+    #: One page per user per batch, answering all of that user's triggers in the batch
+    #: (``Page.coalesced_event_ids``); false: one page per trigger event (see README).
+    coalesce_pages: bool = True
+    #: Freeze what survives each full garbage collection (and the start-up objects), so the
+    #: next full collection walks only newer objects: shorter pauses (stream/latency.py).
+    gc_freeze: bool = True
     model_checkpoint_s: float = 30.0
     expiry_interval_s: float = 5.0
     catalog_refresh_s: float = 2.0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any
+
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["LatencyRecorder"]
+__all__ = ["GcPauses", "LatencyRecorder"]
 
 _LOWEST_US = 1
 _HIGHEST_US = 60 * 1_000_000
@@ -46,16 +50,110 @@ class LatencyRecorder:
         return self.histogram.get_value_at_percentile(percentile) / 1000.0
 
     def summary_ms(self) -> dict[str, float]:
-        """p50/p90/p99/p99.9/max in milliseconds, and the count."""
+        """p50/p90/p99/p99.9/max in milliseconds, and the count.
+
+        One pass over the histogram for all four percentiles (the worker publishes two
+        summaries every second; a pass per percentile cost ~2.8 ms per summary).
+        """
+        values = self.histogram.get_percentile_to_value_dict([50.0, 90.0, 99.0, 99.9])
         return {
             "count": self.count,
-            "p50_ms": self.percentile_ms(50),
-            "p90_ms": self.percentile_ms(90),
-            "p99_ms": self.percentile_ms(99),
-            "p999_ms": self.percentile_ms(99.9),
+            "p50_ms": values.get(50.0, 0) / 1000.0,
+            "p90_ms": values.get(90.0, 0) / 1000.0,
+            "p99_ms": values.get(99.0, 0) / 1000.0,
+            "p999_ms": values.get(99.9, 0) / 1000.0,
             "max_ms": self.histogram.get_max_value() / 1000.0,
         }
 
     def reset(self) -> None:
         """Start a new measurement window."""
         self.histogram.reset()
+
+
+class GcPauses:
+    """How long the garbage collector stops the process, per generation (``gc.callbacks``),
+    and optionally what it has to walk next time.
+
+    A full (generation 2) collection walks every tracked object: with a worker's states,
+    models, caches and the runtime's objects that measured 120-200 ms on an idle core and up to
+    550 ms on the shared one, during which no event is processed; it showed in the tail of
+    every latency histogram. With ``freeze_survivors``, :meth:`freeze_if_due` moves everything
+    that survived the last full collection to the permanent generation (``gc.freeze``), so the
+    next one walks only what was created since: in-process on the benchmark traffic, full
+    pauses went from ~130-200 ms to ~30-80 ms. Frozen objects are still freed by reference
+    counting; only garbage *cycles* among them wait, until :meth:`unfreeze` (the worker calls
+    it hourly) lets the next full collection walk everything again. The engine makes ~24
+    cyclic garbage objects per 20,000 events, so that wait costs little memory.
+    """
+
+    def __init__(self, *, freeze_survivors: bool = False) -> None:
+        self.by_generation = [LatencyRecorder() for _ in range(3)]
+        self.freeze_survivors = freeze_survivors
+        self.freezes = 0
+        self._started_ns = 0
+        self._full_collection_done = False
+        self._summaries: dict[str, dict[str, float]] = {}
+        self._summarized_at: dict[str, float] = {}
+
+    def install(self) -> GcPauses:
+        """Start recording (idempotent); with ``freeze_survivors``, freeze what lives now."""
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+        if self.freeze_survivors:
+            gc.collect()
+            self._full_collection_done = False
+            self._freeze()
+        return self
+
+    def uninstall(self) -> None:
+        """Stop recording."""
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def freeze_if_due(self) -> bool:
+        """After a full collection, freeze its survivors (call from the event loop, not GC)."""
+        if not (self.freeze_survivors and self._full_collection_done):
+            return False
+        self._full_collection_done = False
+        self._freeze()
+        return True
+
+    def unfreeze(self) -> None:
+        """Let the next full collection walk (and free cycles among) everything again."""
+        gc.unfreeze()
+
+    def _freeze(self) -> None:
+        gc.freeze()
+        self.freezes += 1
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started_ns = time.perf_counter_ns()
+        elif self._started_ns:
+            generation = min(int(info.get("generation", 2)), 2)
+            self.by_generation[generation].record_ns(time.perf_counter_ns() - self._started_ns)
+            self._started_ns = 0
+            if generation == 2:
+                self._full_collection_done = True
+
+    def summary_ms(self) -> dict[str, Any]:
+        """Pause percentiles per generation, in milliseconds, and the freezes so far.
+
+        A summary walks the histogram and the worker publishes this every second, while
+        young collections happen several times a second: generations 0 and 1 are summarized
+        at most every 10 s, generation 2 whenever it collected.
+        """
+        cached = self._summaries
+        now = time.monotonic()
+        for generation, recorder in enumerate(self.by_generation):
+            key = f"gen{generation}"
+            summary = cached.get(key)
+            stale = summary is None or summary["count"] != recorder.count
+            due = generation == 2 or now - self._summarized_at.get(key, -1e9) >= 10.0
+            if stale and due:
+                cached[key] = recorder.summary_ms()
+                self._summarized_at[key] = now
+        out: dict[str, Any] = dict(cached)
+        out["freezes"] = self.freezes
+        out["frozen_objects"] = gc.get_freeze_count()
+        return out

@@ -8,8 +8,13 @@ Keys (``prefix`` defaults to ``insession:``), every one with a TTL so Redis neve
 - ``{prefix}catalog`` (hash item_id → catalog JSON) and ``{prefix}catalog:version``;
 - ``{prefix}models``: the latest signed model snapshot.
 
-Writes are pipelined per batch. When Redis is down the writes are kept (latest value per key,
-bounded) and retried with the next batch, so the worker keeps serving from Kafka meanwhile.
+Writes go out once per batch, as one server-side script call (``SET key value EX ttl`` for
+every key, atomically): a pipeline of as many ``SET`` commands cost ~33 µs of client CPU per
+key in redis-py's asyncio client (9.3 ms for a batch's 280 keys, against 1.1 ms for the
+script), the largest cost of the worker around the engine. Where scripting is refused (an ACL
+without ``EVALSHA``, a proxy without scripting) the store falls back to the pipeline, once,
+and logs it. When Redis is down the writes are kept (latest value per key, bounded) and
+retried with the next batch, so the worker keeps serving from Kafka meanwhile.
 """
 
 from __future__ import annotations
@@ -18,11 +23,28 @@ import logging
 from collections import Counter, OrderedDict
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 __all__ = ["RedisStore"]
 
 log = logging.getLogger(__name__)
+
+#: KEYS are the keys, ARGV[1] the TTL in seconds and ARGV[i + 1] the value of KEYS[i].
+_SET_ALL_WITH_TTL = """
+local ttl = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+#: Keys per script call: a flush after an outage can hold 200,000; one call would block Redis.
+_KEYS_PER_CALL = 2_000
+
+
+def _scripting_refused(error: ResponseError) -> bool:
+    """Whether Redis said no to scripts as such (ACL, disabled command), not to this write."""
+    text = str(error).lower()
+    return "noperm" in text or "unknown command" in text or "disabled" in text
 
 
 class RedisStore:
@@ -51,6 +73,9 @@ class RedisStore:
         self._max_buffered = max_buffered_keys
         self._catalog_pending: OrderedDict[str, bytes] = OrderedDict()
         self._failing = False
+        self._set_all = self.client.register_script(_SET_ALL_WITH_TTL)
+        #: False once Redis refused the script: writes use a pipeline of SET commands.
+        self.scripted_writes = True
 
     def key(self, kind: str, name: str = "") -> str:
         """Full key for a kind of value (``page``, ``session``, ``state``, ...)."""
@@ -98,18 +123,14 @@ class RedisStore:
         return found
 
     async def write(self, values: dict[str, bytes]) -> bool:
-        """SET every key with the TTL in one pipeline; on failure keep them for the next try."""
+        """SET every key with the TTL; on failure keep them for the next try."""
         if self._buffer:
             self._buffer.update(values)
             values = dict(self._buffer)
         if not values:
             return True
         try:
-            pipe = self.client.pipeline(transaction=False)
-            ttl = self.ttl_s
-            for key, value in values.items():
-                pipe.set(key, value, ex=ttl)
-            await pipe.execute()
+            await self._set_with_ttl(values)
         except (RedisError, OSError) as error:
             self.counters["redis_write_failures"] += 1
             if not self._failing:
@@ -123,6 +144,29 @@ class RedisStore:
         self._buffer.clear()
         self.counters["redis_keys_written"] += len(values)
         return True
+
+    async def _set_with_ttl(self, values: dict[str, bytes]) -> None:
+        """``SET key value EX ttl`` for every key: by script, or by pipeline if refused."""
+        if self.scripted_writes:
+            try:
+                items = list(values.items())
+                for start in range(0, len(items), _KEYS_PER_CALL):
+                    chunk = items[start : start + _KEYS_PER_CALL]
+                    await self._set_all(
+                        keys=[key for key, _ in chunk],
+                        args=[self.ttl_s, *(value for _, value in chunk)],
+                    )
+                return
+            except ResponseError as error:
+                if not _scripting_refused(error):
+                    raise  # e.g. OOM: a failed write like any other (buffered, retried)
+                log.warning("redis refused the write script (%s); using pipelined SETs", error)
+                self.scripted_writes = False
+        pipe = self.client.pipeline(transaction=False)
+        ttl = self.ttl_s
+        for key, value in values.items():
+            pipe.set(key, value, ex=ttl)
+        await pipe.execute()
 
     def _keep(self, values: dict[str, bytes]) -> None:
         buffer = self._buffer

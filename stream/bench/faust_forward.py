@@ -1,13 +1,15 @@
-"""The Faust floor: a Faust agent that forwards every event unchanged, nothing else.
+"""The Faust floor: a Faust app that forwards every event unchanged, nothing else.
 
-Same runtime settings as the insession worker (``stream.app.WorkerApp``): our ``insession://``
-transport with the same consumer fetch wait, producer linger and acks, uvloop, ``take_events``
-batches, every output awaited to the broker's ack before the batch counts as done. What the
-worker adds on top of this (decode, engine, encode, Redis checkpoint) is what the ratio
-insession / Faust measures. Runs as its own process:
-``python -m stream.bench.faust_forward worker`` with ``BENCH_BOOTSTRAP``, ``BENCH_IN_TOPIC``,
-``BENCH_OUT_TOPIC``, ``BENCH_APP_ID``, ``BENCH_PARTITIONS`` and ``INSESSION_*`` (fetch wait,
-linger, batch size) in the environment.
+Same runtime as the insession worker (``stream.app.WorkerApp``): ``make_faust_app`` (our
+``insession://`` transport, fetch wait, producer linger and acks), uvloop, the same batch
+delivery (``consume_in_batches`` with ``INSESSION_BATCH_MAX``), the same producer path
+(``producer_send``), and the same completion discipline: each batch's input is acknowledged
+only after every output of it is acknowledged by the broker, in batch order, with at most
+``INSESSION_MAX_BATCHES_IN_FLIGHT`` batches waiting (``stream.inflight``). What the worker adds
+on top of this (decode, engine, encode, Redis checkpoint) is what the ratio insession / Faust
+measures. Runs as its own process: ``python -m stream.bench.faust_forward worker`` with
+``BENCH_BOOTSTRAP``, ``BENCH_IN_TOPIC``, ``BENCH_OUT_TOPIC``, ``BENCH_APP_ID``,
+``BENCH_PARTITIONS`` and ``INSESSION_*`` (fetch wait, linger, batch size) in the environment.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -22,25 +25,33 @@ import uvloop
 
 from stream.app import make_faust_app, raw_topic
 from stream.config import Settings
+from stream.inflight import InFlight
+from stream.kafka_transport import consume_in_batches, producer_send
 
 __all__ = ["create_forwarder", "main"]
 
 
 def create_forwarder(settings: Settings, in_topic: str, out_topic: str, app_id: str) -> Any:
-    """The Faust app with its one forwarding agent."""
+    """The Faust app with its one forwarding batch handler."""
     app = make_faust_app(settings, app_id)
     source = raw_topic(app, in_topic, settings.partitions)
-    sink = raw_topic(app, out_topic, settings.partitions)
+    inflight: InFlight | None = None
 
-    async def forward_events(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            acks = [
-                await sink.send(key=event.message.key, value=event.message.value) for event in batch
-            ]
+    async def forward_events(batch: Sequence[Any], received: float) -> None:
+        nonlocal inflight
+        if inflight is None:  # created in the running loop
+            inflight = InFlight(settings.max_batches_in_flight)
+        acks = [await producer_send(app, out_topic, m.key, m.value) for m in batch]
+
+        async def complete() -> None:
             for ack in acks:
                 await ack
+            for message in batch:
+                app.consumer.ack(message)
 
-    app.agent(source, name="forward_events", concurrency=1)(forward_events)
+        await inflight.submit(complete)
+
+    consume_in_batches(app, source, forward_events, batch_max=settings.batch_max)
     return app
 
 

@@ -5,8 +5,11 @@ events from an input topic and writes one output per answered event to an output
 sender produces the shared demo-like traffic at a fixed offered rate (``stats.run_paced``);
 the receiver reads the output topic (assigned partitions, the worker's fetch wait, ``poll``
 then ``consume(n, 0)``), finds the event id in each output and records its latency from the
-intended send time. A drain phase sends a backlog at once and times it to its last answer:
-the system's maximum throughput.
+intended send time. A page answers its ``trigger_event_id`` and every id in its
+``coalesced_event_ids`` (the worker serves one page per user per batch): each of those events
+is answered at that page's arrival, its latency taken from its own intended send time. A drain
+phase sends a backlog at once and times it to its last answer: the system's maximum
+throughput.
 """
 
 from __future__ import annotations
@@ -18,15 +21,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from schemas.codec import encode_event
 from stream.bench.stats import Drain, LatencyTracker, Schedule, run_paced
 from stream.bench.traffic import EventTemplate, Traffic, seq_of_event_id
 
-__all__ = ["OutputReceiver", "PhaseRunner", "event_id_in"]
+__all__ = [
+    "COALESCED_FIELD",
+    "AnswerRouter",
+    "OutputReceiver",
+    "PhaseRunner",
+    "coalesced_ids_in",
+    "event_id_in",
+]
 
 _PROBE = "probe"
+#: Where a page (JSON) lists the earlier trigger events it answers as well.
+COALESCED_FIELD = b'"coalesced_event_ids":['
 
 
 def event_id_in(value: bytes, field: bytes) -> str | None:
@@ -48,8 +61,78 @@ def event_id_in(value: bytes, field: bytes) -> str | None:
     return value[start:end].decode() if end > start else None
 
 
+def coalesced_ids_in(value: bytes, field: bytes = COALESCED_FIELD) -> list[str]:
+    """The ids of a JSON array field such as ``"coalesced_event_ids":[...]`` (no full parse).
+
+    Examples
+    --------
+    >>> coalesced_ids_in(b'{"trigger_event_id":"r-9","coalesced_event_ids":["r-7","r-8"]}')
+    ['r-7', 'r-8']
+    >>> coalesced_ids_in(b'{"coalesced_event_ids":[]}'), coalesced_ids_in(b'{}')
+    ([], [])
+    """
+    start = value.find(field)
+    if start < 0:
+        return []
+    start += len(field) - 1
+    end = value.find(b"]", start)
+    if end < 0:
+        return []
+    ids = orjson.loads(value[start : end + 1])
+    return [i for i in ids if isinstance(i, str)]
+
+
+class AnswerRouter:
+    """Credits the events an output answers to the tracker of each event's phase.
+
+    An output answers the id in ``id_field`` and, when ``coalesced_field`` is given, every id
+    in that array (a page's ``coalesced_event_ids``): all at the output's arrival, each with
+    its own sequence number, so each event's latency runs from its own intended send time.
+    Thread-safe: phases are added by the sender's thread, outputs credited by the receiver's.
+    """
+
+    def __init__(self, *, id_field: bytes, run_id: str, coalesced_field: bytes | None = None):
+        self.id_field = id_field
+        self.coalesced_field = coalesced_field
+        self.run_prefix = f"{run_id}-"
+        self.probe_prefix = f"{run_id}{_PROBE}-"
+        self.probe_answered = threading.Event()
+        self._phases: list[tuple[int, LatencyTracker]] = []  # (first seq, tracker), sorted
+        self._lock = threading.Lock()
+
+    def track(self, first_seq: int, tracker: LatencyTracker) -> None:
+        """Route answers for ``first_seq`` onwards (until the next phase) to ``tracker``."""
+        with self._lock:
+            self._phases.append((first_seq, tracker))
+            self._phases.sort(key=lambda pair: pair[0])
+
+    def answer(self, value: bytes, received_ns: int) -> None:
+        """One output seen at ``received_ns``: credit every event it answers."""
+        event_id = event_id_in(value, self.id_field)
+        if event_id is None:
+            return
+        self._credit(event_id, received_ns)
+        if self.coalesced_field is not None:
+            for coalesced_id in coalesced_ids_in(value, self.coalesced_field):
+                self._credit(coalesced_id, received_ns)
+
+    def _credit(self, event_id: str, received_ns: int) -> None:
+        if event_id.startswith(self.probe_prefix):
+            self.probe_answered.set()
+            return
+        if not event_id.startswith(self.run_prefix):
+            return
+        seq = seq_of_event_id(event_id)
+        with self._lock:
+            index = bisect.bisect_right(self._phases, seq, key=lambda pair: pair[0]) - 1
+            if index < 0:
+                return
+            first_seq, tracker = self._phases[index]
+        tracker.on_received(seq - first_seq, received_ns)
+
+
 class OutputReceiver(threading.Thread):
-    """Reads an output topic and hands every answer to the tracker of its phase."""
+    """Reads an output topic and hands every output to an :class:`AnswerRouter`."""
 
     def __init__(
         self,
@@ -60,6 +143,7 @@ class OutputReceiver(threading.Thread):
         id_field: bytes,
         run_id: str,
         fetch_wait_ms: int,
+        coalesced_field: bytes | None = None,
         client_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name=f"receiver-{topic}", daemon=True)
@@ -75,20 +159,16 @@ class OutputReceiver(threading.Thread):
         self.consumer.assign(
             [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
         )
-        self.id_field = id_field
-        self.run_prefix = f"{run_id}-"
-        self.probe_prefix = f"{run_id}{_PROBE}-"
-        self.probe_answered = threading.Event()
+        self.router = AnswerRouter(
+            id_field=id_field, run_id=run_id, coalesced_field=coalesced_field
+        )
+        self.probe_answered = self.router.probe_answered
         self.outputs = 0
-        self._phases: list[tuple[int, LatencyTracker]] = []  # (first seq, tracker), sorted
-        self._lock = threading.Lock()
         self._stopping = threading.Event()
 
     def track(self, first_seq: int, tracker: LatencyTracker) -> None:
         """Route answers for ``first_seq`` onwards (until the next phase) to ``tracker``."""
-        with self._lock:
-            self._phases.append((first_seq, tracker))
-            self._phases.sort(key=lambda pair: pair[0])
+        self.router.track(first_seq, tracker)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -98,6 +178,7 @@ class OutputReceiver(threading.Thread):
     def run(self) -> None:
         consumer = self.consumer
         clock = time.perf_counter_ns
+        answer = self.router.answer
         while not self._stopping.is_set():
             first = consumer.poll(0.05)
             if first is None:
@@ -108,24 +189,7 @@ class OutputReceiver(threading.Thread):
                 if message.error() is not None:
                     continue
                 self.outputs += 1
-                self._answer(message.value(), received_ns)
-
-    def _answer(self, value: bytes, received_ns: int) -> None:
-        event_id = event_id_in(value, self.id_field)
-        if event_id is None:
-            return
-        if event_id.startswith(self.probe_prefix):
-            self.probe_answered.set()
-            return
-        if not event_id.startswith(self.run_prefix):
-            return
-        seq = seq_of_event_id(event_id)
-        with self._lock:
-            index = bisect.bisect_right(self._phases, seq, key=lambda pair: pair[0]) - 1
-            if index < 0:
-                return
-            first_seq, tracker = self._phases[index]
-        tracker.on_received(seq - first_seq, received_ns)
+                answer(message.value(), received_ns)
 
 
 @dataclass(slots=True)

@@ -41,21 +41,25 @@ def render_table(result: dict[str, Any]) -> str:
     if rates:
         lines.append(
             "| latency p50 / p99 / p99.9 ms (from intended send) | broker floor (relay) "
-            "| Faust floor (forward) | insession event → page | in-worker processing |"
+            "| Faust floor (forward) | insession event → page "
+            "| in-worker: consumed → page produced | in-worker: consumed → acked + checkpointed |"
         )
-        lines.append("|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|")
         for rate in rates:
-            worker = mine.get(rate, {}).get("in_worker_processing")
+            phase = mine.get(rate, {})
             lines.append(
                 f"| offered {rate:,.0f} events/s | {_ms(broker.get(rate, {}).get('latency'))} "
                 f"| {_ms(faust.get(rate, {}).get('latency'))} "
-                f"| {_ms(mine.get(rate, {}).get('latency'))} | {_ms(worker)} |"
+                f"| {_ms(phase.get('latency'))} | {_ms(phase.get('in_worker_page_produced'))} "
+                f"| {_ms(phase.get('in_worker_processing'))} |"
             )
         sustained = result.get("insession", {}).get("at_sustained_rate")
         if sustained:
             lines.append(
                 f"| insession at {sustained['offered_rate']:,.0f} events/s (90% of its max) | | "
-                f"| {_ms(sustained['latency'])} | {_ms(sustained.get('in_worker_processing'))} |"
+                f"| {_ms(sustained['latency'])} "
+                f"| {_ms(sustained.get('in_worker_page_produced'))} "
+                f"| {_ms(sustained.get('in_worker_processing'))} |"
             )
         lines.append("")
         lines.append(
@@ -71,6 +75,18 @@ def render_table(result: dict[str, Any]) -> str:
             + " |"
         )
         lines.append("")
+    pauses = result.get("insession", {}).get("gc_pauses")
+    if pauses:
+        lines.append(
+            "worker GC pauses over the run (count, p99 / max ms): "
+            + ", ".join(
+                f"{gen} {p['count']:.0f}, {p['p99_ms']:.1f} / {p['max_ms']:.1f}"
+                for gen, p in sorted(pauses.items())
+                if gen.startswith("gen")
+            )
+            + f"; survivors frozen {pauses.get('freezes', 0)} times"
+        )
+        lines.append("")
     for name in ("broker_floor", "faust_floor", "insession"):
         error = result.get(name, {}).get("error")
         if error:
@@ -78,11 +94,21 @@ def render_table(result: dict[str, Any]) -> str:
     engine = result.get("engine_alone")
     if engine:
         lines.append(
-            f"engine alone (in-process, warm models): {engine['events_per_cpu_s']:,.0f} events "
-            f"per CPU-second ({engine['events_per_s']:,.0f}/s of wall time); "
-            f"per event p50/p99/p99.9 {_ms(engine['per_event'])} ms; "
-            f"page-building events ({engine['page_share']:.0%}) {_ms(engine['per_page_event'])} ms"
+            f"engine alone (in-process, warm models), a page per trigger: "
+            f"{engine['events_per_cpu_s']:,.0f} events per CPU-second "
+            f"({engine['events_per_s']:,.0f}/s of wall time); "
+            f"per event p50/p99/p99.9 {_ms(engine.get('per_event'))} ms; "
+            f"page-building events ({engine['page_share']:.0%}) "
+            f"{_ms(engine.get('per_page_event'))} ms"
         )
+        for row in engine.get("batched", []):
+            lines.append(
+                f"engine alone, {row['mode']} as the worker feeds it (one page per user per "
+                f"batch): {row['events_per_cpu_s']:,.0f} events per CPU-second "
+                f"(x{row.get('events_per_cpu_s_over_event_at_a_time')} the baseline), "
+                f"{row['pages']:,} pages for {row['triggers']:,} triggers; "
+                f"per batch {_ms(row.get('per_batch'))} ms"
+            )
     memory = result.get("memory")
     if memory:
         for population in memory["populations"]:

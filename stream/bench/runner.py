@@ -22,8 +22,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import encode_catalog_item
-from stream.bench.engine_alone import run_engine_alone
-from stream.bench.kafka_run import OutputReceiver, PhaseRunner
+from stream.bench.engine_alone import run_engine_comparison
+from stream.bench.kafka_run import COALESCED_FIELD, OutputReceiver, PhaseRunner
 from stream.bench.memory import measure_memory
 from stream.bench.stats import Drain, Schedule, histogram_difference, summary_ms
 from stream.bench.systems import MetricsWatcher, SystemProcess, start_process
@@ -57,6 +57,8 @@ class BenchOptions:
     linger_ms: int = 5
     engine_warmup_events: int = 20_000
     engine_events: int = 40_000
+    #: Batch sizes of the batched engine runs (beside the one-page-per-trigger baseline).
+    engine_batch_sizes: tuple[int, ...] = (50, 500)
     memory_populations: tuple[int, ...] = (10_000, 100_000)
     memory_sample_users: int = 2_000
     memory_sample_events: int = 30_000
@@ -149,15 +151,23 @@ def run_bench(options: BenchOptions, progress: Progress = lambda line: None) -> 
             finally:
                 _delete_topics(bootstrap, f"bench-{run_id}")
     if "engine" not in options.skip:
-        progress("engine alone: closed loop in this process ...")
-        run = run_engine_alone(
-            warmup_events=options.engine_warmup_events, events=options.engine_events
+        progress("engine alone: closed loop in this process, a page per trigger, then batched ...")
+        engine = run_engine_comparison(
+            warmup_events=options.engine_warmup_events,
+            events=options.engine_events,
+            batch_sizes=options.engine_batch_sizes,
         )
-        result["engine_alone"] = run.to_dict()
+        result["engine_alone"] = engine
         progress(
-            f"  {run.events_per_cpu_s:,.0f} events per CPU-second "
-            f"({run.events_per_s:,.0f}/s of wall time)"
+            f"  a page per trigger: {engine['events_per_cpu_s']:,.0f} events per CPU-second "
+            f"({engine['events_per_s']:,.0f}/s of wall time)"
         )
+        for row in engine["batched"]:
+            progress(
+                f"  {row['mode']}, pages coalesced: {row['events_per_cpu_s']:,.0f} events per "
+                f"CPU-second (x{row.get('events_per_cpu_s_over_event_at_a_time')}), "
+                f"{row['pages']:,} pages for {row['triggers']:,} triggers"
+            )
     if "memory" not in options.skip:
         progress("memory per active session ...")
         result["memory"] = measure_memory(
@@ -219,10 +229,12 @@ def _phases(
             on_phase(rate, summary, begin_ms + int(options.warmup_s * 1000), end_ms)
         out["offered"].append(summary)
         latency = summary["latency"]
+        produced = summary.get("in_worker_page_produced")
+        in_worker = f"; in-worker page produced p99 {produced['p99_ms']:.1f} ms" if produced else ""
         progress(
             f"  {name} @ {rate:,.0f}/s: p50 {latency['p50_ms']:.1f} ms, "
             f"p99 {latency['p99_ms']:.1f} ms, p99.9 {latency['p999_ms']:.1f} ms "
-            f"({summary['answers']}/{summary['expected_answers']})"
+            f"({summary['answers']}/{summary['expected_answers']}){in_worker}"
         )
         if summary["missing"] or latency["p50_ms"] > _SATURATED_P50_MS:
             out["saturated_at"] = rate
@@ -357,6 +369,7 @@ def _with_receiver(
     progress: Progress,
     on_phase: Callable[[float, dict[str, Any], int, int], None] | None = None,
     after: Callable[[PhaseRunner, dict[str, Any]], None] | None = None,
+    coalesced_field: bytes | None = None,
 ) -> dict[str, Any]:
     receiver = OutputReceiver(
         bootstrap,
@@ -365,6 +378,7 @@ def _with_receiver(
         id_field=id_field,
         run_id=run_id,
         fetch_wait_ms=options.fetch_wait_ms,
+        coalesced_field=coalesced_field,
     )
     receiver.start()
     producer = _producer(bootstrap, options)
@@ -441,12 +455,25 @@ def _measure_worker(
         later = watcher.first_after(end_ms)
         if earlier is None or later is None:
             summary["in_worker_processing"] = None
+            summary["in_worker_page_produced"] = None
             return
         phase = histogram_difference(watcher.histogram(later), watcher.histogram(earlier))
         summary["in_worker_processing"] = summary_ms(phase)
+        produced = histogram_difference(
+            watcher.histogram(later, "page_produced_hdr"),
+            watcher.histogram(earlier, "page_produced_hdr"),
+        )
+        summary["in_worker_page_produced"] = summary_ms(produced)
         summary["in_worker_events"] = later["events"] - earlier["events"]
+        summary["in_worker_pages"] = later["pages"] - earlier["pages"]
 
     def sustained(runner: PhaseRunner, out: dict[str, Any]) -> None:
+        _sustained(runner, out)
+        last = watcher.first_after(time.time_ns() // 1_000_000)
+        if last is not None:  # the worker's GC pauses over the whole run (cumulative)
+            out["gc_pauses"] = last.get("gc_pauses")
+
+    def _sustained(runner: PhaseRunner, out: dict[str, Any]) -> None:
         capacity = out["max_throughput"]["events_per_s"]
         if capacity <= 0 or not runner.wait_idle(options.idle_timeout_s):
             return
@@ -480,6 +507,7 @@ def _measure_worker(
             progress,
             on_phase,
             sustained,
+            coalesced_field=COALESCED_FIELD,
         )
     finally:
         watcher.stop()
@@ -534,6 +562,11 @@ def _ratios(result: dict[str, Any]) -> dict[str, Any]:
         ratios["throughput_over_faust"] = round(mine_tp / faust_tp, 2)
     if mine_tp and broker_tp:
         ratios["throughput_over_broker"] = round(mine_tp / broker_tp, 3)
+    engine = result.get("engine_alone") or {}
+    for row in engine.get("batched", []):
+        ratios.setdefault("engine_batched_over_event_at_a_time", {})[str(row["batch_events"])] = (
+            row.get("events_per_cpu_s_over_event_at_a_time")
+        )
     return ratios
 
 

@@ -125,6 +125,8 @@ class MetricsWatcher:
             time.sleep(0.05)
 
     @staticmethod
-    def histogram(payload: dict[str, Any]) -> HdrHistogram:
-        """The cumulative processing histogram of a snapshot."""
-        return HdrHistogram.decode(payload["processing_hdr"].encode("ascii"))
+    def histogram(payload: dict[str, Any], name: str = "processing_hdr") -> HdrHistogram:
+        """A cumulative histogram of a snapshot: ``processing_hdr`` (consumed → outputs acked
+        and state checkpointed, per event) or ``page_produced_hdr`` (consumed → page handed to
+        the producer, per page)."""
+        return HdrHistogram.decode(payload[name].encode("ascii"))

@@ -16,7 +16,8 @@ tests themselves.
   broker's ListOffsets(latest) is wrong on Tansu, see BROKER-NOTES.md, so produced end offsets
   come from delivery reports, never from the broker.)
 - :func:`state_mismatches` compares the per-user counts in Redis with what was sent;
-  :func:`page_audit` checks the pages against the trigger events.
+  :func:`page_audit` checks the pages against the trigger events (every trigger answered, as a
+  page's trigger or among its ``coalesced_event_ids``).
 """
 
 from __future__ import annotations
@@ -352,34 +353,70 @@ def state_mismatches(
 
 @dataclass
 class PageAudit:
-    """What the recommendations topic says about a set of trigger events."""
+    """What the recommendations topic says about a set of trigger events.
+
+    The contract: every trigger event is answered by a page, as the page's
+    ``trigger_event_id`` or in its ``coalesced_event_ids`` (the worker serves one page per
+    user per batch, ``INSESSION_COALESCE_PAGES``). Without redelivery each trigger is answered
+    by exactly one page (:attr:`exactly_once`). A redelivery (restart, rebalance) can send a
+    page again: a copy carries the same ``recommendation_id`` (ids derive from the user and the
+    trigger); with coalescing, a redelivered batch cut differently can also answer a trigger by
+    a second, different page (:attr:`reanswered`; see RELIABILITY.md).
+    """
 
     pages: int = 0
+    #: Pages with distinct ``recommendation_id`` s.
+    distinct_pages: int = 0
     missing: set[str] = field(default_factory=set)
-    #: trigger event id → number of pages for it (only those with more than one).
+    #: trigger event id → number of pages answering it (only those with more than one).
     duplicated: dict[str, int] = field(default_factory=dict)
-    #: trigger event ids whose duplicate pages do not all carry the same recommendation_id.
+    #: trigger event ids answered by more than one distinct page (different recommendation ids).
+    reanswered: set[str] = field(default_factory=set)
+    #: recommendation ids whose copies differ in user or trigger event: never expected.
     inconsistent: set[str] = field(default_factory=set)
+    #: ids answered that are not trigger events of the page's user (never expected).
+    unexpected: set[str] = field(default_factory=set)
+    #: triggers answered through ``coalesced_event_ids`` rather than as the page's trigger.
+    coalesced: set[str] = field(default_factory=set)
 
     @property
     def duplicate_pages(self) -> int:
-        return sum(n - 1 for n in self.duplicated.values())
+        """Pages beyond the first with the same recommendation id (suppressible by id)."""
+        return self.pages - self.distinct_pages
+
+    @property
+    def exactly_once(self) -> bool:
+        """Every trigger answered by exactly one page, and nothing else answered."""
+        return not (self.missing or self.duplicated or self.unexpected or self.inconsistent)
 
 
 def page_audit(values: Iterable[bytes], triggers: set[str]) -> PageAudit:
-    """Check pages (raw JSON values) against the trigger events that must have one each."""
-    ids: dict[str, set[str]] = defaultdict(set)
-    counts: Counter[str] = Counter()
+    """Check pages (raw JSON values) against the trigger events that must be answered.
+
+    Trigger ids look like ``{user}-{seq}`` (``EventScript``), so an answered id must also
+    belong to the page's user.
+    """
+    answers: Counter[str] = Counter()
+    answered_by: dict[str, set[str]] = defaultdict(set)
+    copies: dict[str, set[tuple[str, str]]] = defaultdict(set)
     audit = PageAudit()
     for value in values:
         page = orjson.loads(value)
-        trigger = page["trigger_event_id"]
-        counts[trigger] += 1
-        ids[trigger].add(page["recommendation_id"])
+        user, trigger, rec_id = page["user_id"], page["trigger_event_id"], page["recommendation_id"]
+        copies[rec_id].add((user, trigger))
         audit.pages += 1
-    audit.missing = triggers - counts.keys()
-    audit.duplicated = {t: n for t, n in counts.items() if n > 1}
-    audit.inconsistent = {t for t, rec_ids in ids.items() if len(rec_ids) > 1}
+        for event_id in (trigger, *page.get("coalesced_event_ids", ())):
+            answers[event_id] += 1
+            answered_by[event_id].add(rec_id)
+            if event_id not in triggers or not event_id.startswith(f"{user}-"):
+                audit.unexpected.add(event_id)
+            if event_id != trigger:
+                audit.coalesced.add(event_id)
+    audit.distinct_pages = len(copies)
+    audit.missing = triggers - answers.keys()
+    audit.duplicated = {t: n for t, n in answers.items() if n > 1}
+    audit.reanswered = {t for t, rec_ids in answered_by.items() if len(rec_ids) > 1}
+    audit.inconsistent = {rec_id for rec_id, seen in copies.items() if len(seen) > 1}
     return audit
 
 

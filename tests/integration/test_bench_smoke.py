@@ -43,9 +43,17 @@ def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -
         assert lowest["latency"]["count"] > 0, (system, lowest)
         assert lowest["missing"] == 0, (system, lowest)
         assert result[system]["max_throughput"]["events"] > 0
-    assert result["insession"]["offered"][0]["in_worker_processing"]["count"] > 0
+    lowest = result["insession"]["offered"][0]
+    assert lowest["in_worker_processing"]["count"] > 0
+    # consumed → page produced: one value per page the worker made in the phase
+    assert lowest["in_worker_page_produced"]["count"] == lowest["in_worker_pages"] > 0
     assert result["engine_alone"]["events"] > 0
     assert result["engine_alone"]["events_per_s"] > 0
+    batched = result["engine_alone"]["batched"]
+    assert [run["batch_events"] for run in batched] == [50, 500]
+    for run in batched:  # beside the one-page-per-trigger baseline, fewer pages
+        assert run["events_per_cpu_s"] > 0
+        assert 0 < run["pages"] < run["triggers"]
     assert [p["users"] for p in result["memory"]["populations"]] == [1_000, 10_000]
     assert result["memory"]["populations"][0]["state_bytes_per_session"] > 0
     assert result["ratios"]["latency"], "insession latency is reported beside its floors"

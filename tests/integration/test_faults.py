@@ -4,9 +4,11 @@ Every test streams deterministic events (``fault_tools.EventScript``), counts ex
 broker acknowledged, and at the end compares that with what the worker left behind:
 
 - per-user event counts in Redis equal the events sent (each event applied exactly once);
-- every event of a page-triggering type has a page on the recommendations topic;
-- a trigger event with more than one page (at-least-once redelivery) has the same
-  ``recommendation_id`` on all of them, so consumers can drop the copies by id.
+- every event of a page-triggering type is answered by a page on the recommendations topic
+  (as its ``trigger_event_id`` or among its ``coalesced_event_ids``), and nothing else is;
+- copies of a page (at-least-once redelivery) carry the same ``recommendation_id`` and answer
+  the same trigger, so consumers can drop them by id; with coalescing off
+  (``INSESSION_COALESCE_PAGES=false``) no trigger is answered by two different pages.
 
 The figures (kills, duplicates, recovery times, peak memory) are printed as ``FIGURES {json}``
 and appended to ``$INSESSION_FIGURES`` when set; RELIABILITY.md quotes them.
@@ -148,16 +150,23 @@ def _verify_stream(
     finally:
         reader.close()
     assert not audit.missing
+    assert not audit.unexpected, f"pages answer events that are no trigger: {audit.unexpected}"
     assert not audit.inconsistent, (
-        f"duplicate pages with different recommendation ids: {sorted(audit.inconsistent)[:5]}"
+        f"one recommendation id for different triggers: {sorted(audit.inconsistent)[:5]}"
     )
+    if cluster.extra_env.get("INSESSION_COALESCE_PAGES") == "false":
+        assert not audit.reanswered, (
+            f"triggers answered by different pages: {sorted(audit.reanswered)[:5]}"
+        )
     return {
         "events_sent": sender.total_sent(),
         "users": len(sent),
         "trigger_events": len(triggers),
         "pages": audit.pages,
+        "triggers_answered_by_coalesced_pages": len(audit.coalesced),
         "duplicate_pages": audit.duplicate_pages,
         "duplicate_pages_suppressible_by_id": audit.duplicate_pages,
+        "triggers_answered_again_by_another_page": len(audit.reanswered),
         "events_lost": 0,
     }
 
@@ -202,11 +211,16 @@ def _wait_all_partitions_advance(cluster: Cluster, since: dict[int, int], timeou
     )
 
 
+@pytest.mark.parametrize("coalesce", ["true", "false"])
 def test_killed_worker_restarts_without_losing_or_double_counting_events(
-    bootstrap: str, make_cluster: Callable[..., Cluster]
+    bootstrap: str, make_cluster: Callable[..., Cluster], coalesce: str
 ) -> None:
-    """SIGKILL (and a SIGTERM) mid-stream, restart, several times ($INSESSION_TEST_KILLS)."""
-    cluster = make_cluster(bootstrap)
+    """SIGKILL (and a SIGTERM) mid-stream, restart, several times ($INSESSION_TEST_KILLS).
+
+    Run with coalescing on (the default) and off: off, the stricter page guarantee holds
+    (no trigger answered by two different pages, see ``_verify_stream``).
+    """
+    cluster = make_cluster(bootstrap, INSESSION_COALESCE_PAGES=coalesce)
     cluster.send_catalog(CATALOG)
     script = EventScript(f"kill-{uuid.uuid4().hex[:6]}", users=40)
     sender = StreamSender(bootstrap, cluster.topics.events, script)
@@ -233,6 +247,7 @@ def test_killed_worker_restarts_without_losing_or_double_counting_events(
         "kill_restart",
         {
             **figures,
+            "coalesce_pages": coalesce,
             "kills": len(kills),
             "signals": [signal.Signals(s).name for s in kills],
             "resumed_after_kill_s": resumed,
@@ -448,12 +463,17 @@ BURST_CYCLE = ("impression",) * 8 + ("hover", "click")
 BURST_EVENTS = int(os.environ.get("INSESSION_TEST_BURST_EVENTS", "10000"))
 
 
-def test_burst_of_ten_times_the_sustainable_rate_drains_with_bounded_memory(
+def test_burst_far_above_the_sustainable_rate_drains_with_bounded_memory(
     bootstrap: str, make_cluster: Callable[..., Cluster]
 ) -> None:
     """Produce a backlog as fast as the producer can, far above what the worker sustains:
-    the lag grows, then drains to zero; resident memory stays bounded (Faust pauses fetching
-    when its buffers are full instead of reading the whole backlog into memory)."""
+    the lag grows, then drains to zero; resident memory stays bounded (the consumer fetches
+    only while the worker has room for more batches in flight, instead of reading the whole
+    backlog into memory).
+
+    "Far above" is at least 5x: the producer here makes ~20,000 events/s, and the worker
+    drains this mix (80% impressions, which build no page) at 2,000+ events/s since issue 5.
+    """
     cluster = make_cluster(bootstrap)
     cluster.send_catalog(CATALOG)
     script = EventScript(f"burst-{uuid.uuid4().hex[:6]}", users=50, cycle=BURST_CYCLE)
@@ -497,7 +517,7 @@ def test_burst_of_ten_times_the_sustainable_rate_drains_with_bounded_memory(
     sustained_per_s = BURST_EVENTS / drain_s
     burst_per_s = BURST_EVENTS / burst_s
     assert max(lags) > BURST_EVENTS // 4, f"the burst never built a backlog: lags {lags[:10]}"
-    assert burst_per_s >= 10 * sustained_per_s, (burst_per_s, sustained_per_s)
+    assert burst_per_s >= 5 * sustained_per_s, (burst_per_s, sustained_per_s)
     growth_mb = rss.peak_mb - baseline_mb
     assert growth_mb < 250, f"resident memory grew by {growth_mb:.0f} MB during the burst"
     assert not unexpected_tracebacks(cluster.worker_logs())

@@ -2,11 +2,16 @@
 
 One worker serves the whole module (a consumer-group join costs seconds); each test uses its
 own users so tests do not see each other's state.
+
+The page contract: every page-triggering event is answered by exactly one page, as the page's
+``trigger_event_id`` or in its ``coalesced_event_ids`` (one page per user per batch: a user's
+earlier triggers in a batch are answered by the page of their last one).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 import orjson
@@ -77,6 +82,36 @@ def _pages_for(reader: TopicReader, user: str) -> list[Page]:
     return [page for page in reader.pages() if page.user_id == user]
 
 
+def _answers(pages: list[Page]) -> Counter[str]:
+    """How many pages answer each event id (as their trigger or a coalesced one)."""
+    return Counter(
+        event_id
+        for page in pages
+        for event_id in (page.trigger_event_id, *page.coalesced_event_ids)
+    )
+
+
+def _wait_answered(
+    cluster: Cluster, reader: TopicReader, user: str, events: list[BehaviourEvent]
+) -> list[Page]:
+    """Wait until every one of ``events`` is answered; returns the user's pages so far."""
+    wanted = {e.event_id for e in events}
+    reader.wait(
+        lambda r: wanted <= _answers(_pages_for(r, user)).keys(),
+        60,
+        f"pages answering {len(wanted)} events of {user}",
+        cluster.worker_logs,
+    )
+    return _pages_for(reader, user)
+
+
+def _assert_answered_once(pages: list[Page], events: list[BehaviourEvent]) -> None:
+    """Exactly one page per trigger event, nothing else answered, the last event last."""
+    answers = _answers(pages)
+    assert answers == Counter(e.event_id for e in events), answers
+    assert pages[-1].trigger_event_id == events[-1].event_id
+
+
 def _genre_share_top(page: Page, genre: str, top: int = 10) -> float:
     order = [item.item_id for row in page.rows for item in row.items][:top]
     return sum(item_id.startswith(genre) for item_id in order) / max(len(order), 1)
@@ -93,11 +128,8 @@ def test_event_in_page_out_for_the_right_user(
         _event(user, "play", 2, "drama-1"),
     ]
     cluster.send_events(events, fmt)
-    pages.wait(
-        lambda r: len(_pages_for(r, user)) >= 3, 60, f"3 pages for {user}", cluster.worker_logs
-    )
-    received = _pages_for(pages, user)
-    assert [p.trigger_event_id for p in received] == [e.event_id for e in events]
+    received = _wait_answered(cluster, pages, user, events)
+    _assert_answered_once(received, events)
     assert all(p.rows for p in received)
     assert received[-1].session_id == received[0].session_id
     keys = {key for key, value in pages.messages if orjson.loads(value)["user_id"] == user}
@@ -113,10 +145,7 @@ def test_behaviour_shift_moves_the_page(cluster: Cluster, pages: TopicReader) ->
             _event(user, "play", 11 + 2 * i, f"comedy-{i}"),
         ]
     cluster.send_events(comedy)
-    pages.wait(
-        lambda r: len(_pages_for(r, user)) >= len(comedy), 60, "comedy pages", cluster.worker_logs
-    )
-    before = _pages_for(pages, user)[-1]
+    before = _wait_answered(cluster, pages, user, comedy)[-1]
     horror = []
     for i in range(8):
         horror += [
@@ -124,9 +153,9 @@ def test_behaviour_shift_moves_the_page(cluster: Cluster, pages: TopicReader) ->
             _event(user, "play", 41 + 2 * i, f"horror-{i}"),
         ]
     cluster.send_events(horror)
-    total = len(comedy) + len(horror)
-    pages.wait(lambda r: len(_pages_for(r, user)) >= total, 60, "horror pages", cluster.worker_logs)
-    after = _pages_for(pages, user)[-1]
+    received = _wait_answered(cluster, pages, user, comedy + horror)
+    _assert_answered_once(received, comedy + horror)
+    after = received[-1]
     assert _genre_share_top(after, "horror") > _genre_share_top(before, "horror")
     assert _genre_share_top(before, "comedy") > _genre_share_top(after, "comedy") or (
         _genre_share_top(after, "horror") >= 0.5
@@ -193,8 +222,7 @@ def test_redis_holds_the_latest_page_and_session(cluster: Cluster, pages: TopicR
         _event(user, "click", 2, "scifi-2"),
     ]
     cluster.send_events(events)
-    pages.wait(lambda r: len(_pages_for(r, user)) >= 3, 60, "pages", cluster.worker_logs)
-    last = _pages_for(pages, user)[-1]
+    last = _wait_answered(cluster, pages, user, events)[-1]
     stored = cluster.redis_json("page", user)
     assert stored["recommendation_id"] == last.recommendation_id
     assert stored["trigger_event_id"] == events[-1].event_id
@@ -204,6 +232,34 @@ def test_redis_holds_the_latest_page_and_session(cluster: Cluster, pages: TopicR
     assert session["last_items"] == ["scifi-2"]
     ttl = cluster.redis.ttl(f"{cluster.key_prefix}page:{user}")
     assert 0 < ttl <= 86_400
+
+
+def test_a_burst_of_triggers_is_answered_by_fewer_pages_each_trigger_once(
+    cluster: Cluster, pages: TopicReader
+) -> None:
+    """Ten triggers in one burst reach the worker in one fetch: one page answers them all.
+
+    "Fewer" rather than "one": the test does not control how the broker and the consumer cut
+    batches, only that a burst produced at once arrives together.
+    """
+    user = f"burst-{uuid.uuid4().hex[:6]}"
+    events = [_event(user, "session_start", 0)]
+    for i in range(1, 10):
+        if i % 2:
+            events.append(_event(user, "hover", i, f"drama-{i}", dwell_ms=500))
+        else:
+            events.append(_event(user, "click", i, f"drama-{i}"))
+    cluster.send_events(events)  # one flush: one produce request
+    received = _wait_answered(cluster, pages, user, events)
+    _assert_answered_once(received, events)
+    assert len(received) < len(events), [p.trigger_event_id for p in received]
+    last = received[-1]
+    earlier = [e.event_id for e in events[:-1]]
+    assert last.coalesced_event_ids, "the last page answers earlier triggers too"
+    assert list(last.coalesced_event_ids) == [i for i in earlier if i in last.coalesced_event_ids]
+    stored = cluster.redis_json("page", user)
+    assert stored["recommendation_id"] == last.recommendation_id
+    assert stored["coalesced_event_ids"] == list(last.coalesced_event_ids)
 
 
 def test_worker_log_has_no_tracebacks(cluster: Cluster) -> None:

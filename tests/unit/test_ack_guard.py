@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from faust.types.tuples import TP, ConsumerMessage
 
 from stream.ack_guard import AckGuard
@@ -46,3 +47,15 @@ def test_the_worker_guards_its_input_topics() -> None:
     message.refcount = 1
     assert message.ack(app.app.consumer) is False  # type: ignore[arg-type]
     assert app.ack_guard.refused == 1
+
+
+def test_acknowledge_finishes_and_acks_through_the_guard() -> None:
+    """Batch delivery acknowledges itself: ``acknowledge`` is the one way past the guard."""
+    consumer, guard = _Consumer(), AckGuard({"events"})
+    with pytest.raises(RuntimeError):
+        guard.acknowledge([_message("events", 0)])  # not installed yet
+    guard.install(consumer)
+    done = [_message("events", 1), _message("events", 2)]
+    assert guard.acknowledge(done) == 2
+    assert consumer.acked == [("events", 1), ("events", 2)]
+    assert consumer.ack(_message("events", 3)) is False and guard.refused == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.codec import encode_event
-from stream.bench.kafka_run import event_id_in
+from stream.bench.kafka_run import COALESCED_FIELD, AnswerRouter, coalesced_ids_in, event_id_in
 from stream.bench.stats import LatencyTracker, Schedule, histogram_difference, run_paced
 from stream.bench.traffic import Traffic, seq_of_event_id
 from stream.demo_traffic import demo_catalog
@@ -155,3 +155,31 @@ def test_outputs_are_matched_to_their_event() -> None:
     assert seq_of_event_id(event_id) == 1234
     again = Traffic(demo_catalog(), users=50, run_id="b1a2").templates(2_000)
     assert [t.event for t in again] == [t.event for t in templates], "deterministic"
+
+
+def test_a_coalesced_page_answers_each_of_its_events_from_its_own_send_time() -> None:
+    """No coordinated omission through coalescing: a page answering three triggers at 30 ms
+    gives each of them its own latency (30, 20, 10 ms for sends due at 0, 10, 20 ms)."""
+    schedule = Schedule(rate=100.0, duration_s=1.0)  # seq n due at n * 10 ms
+    tracker = LatencyTracker(schedule, start_ns=0)
+    router = AnswerRouter(
+        id_field=b'"trigger_event_id":"', run_id="r1", coalesced_field=COALESCED_FIELD
+    )
+    router.track(0, tracker)
+    page = b'{"trigger_event_id":"r1-2","coalesced_event_ids":["r1-0","r1-1"],"rows":[]}'
+    router.answer(page, 30 * MS)
+    assert coalesced_ids_in(page) == ["r1-0", "r1-1"]
+    assert tracker.received == 3
+    latencies = sorted(
+        bucket.value_iterated_to for bucket in tracker.latency.histogram.get_recorded_iterator()
+    )
+    assert latencies == [pytest.approx(v, rel=1e-3) for v in (10_000, 20_000, 30_000)]  # µs
+    # The same page again (a redelivered copy) is a duplicate, not three more answers.
+    router.answer(page, 40 * MS)
+    assert (tracker.received, tracker.duplicates) == (3, 3)
+    # Without the coalesced field configured only the trigger counts (the floors' outputs).
+    plain = AnswerRouter(id_field=b'"trigger_event_id":"', run_id="r1")
+    other = LatencyTracker(schedule, start_ns=0)
+    plain.track(0, other)
+    plain.answer(page, 30 * MS)
+    assert other.received == 1
