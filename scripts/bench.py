@@ -35,7 +35,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to leave out: broker,faust,insession,engine,memory",
+        help="comma-separated parts to leave out: broker,faust-agent,faust,insession,engine,memory",
     )
     parser.set_defaults(func=run)
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(render_table(result))
     failed = [
         name
-        for name in ("broker_floor", "faust_floor", "insession")
+        for name in ("broker_floor", "faust_agent_floor", "faust_floor", "insession")
         if "error" in result.get(name, {})
     ]
     return 1 if failed else 0

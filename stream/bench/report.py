@@ -36,19 +36,21 @@ def render_table(result: dict[str, Any]) -> str:
     lines.append("")
     broker = {p["offered_rate"]: p for p in result.get("broker_floor", {}).get("offered", [])}
     faust = {p["offered_rate"]: p for p in result.get("faust_floor", {}).get("offered", [])}
+    agent = {p["offered_rate"]: p for p in result.get("faust_agent_floor", {}).get("offered", [])}
     mine = {p["offered_rate"]: p for p in result.get("insession", {}).get("offered", [])}
-    rates = sorted(set(broker) | set(faust) | set(mine))
+    rates = sorted(set(broker) | set(faust) | set(agent) | set(mine))
     if rates:
         lines.append(
             "| latency p50 / p99 / p99.9 ms (from intended send) | broker floor (relay) "
-            "| Faust floor (forward) | insession event → page "
+            "| Faust agent floor | Faust floor (batch runtime) | insession event → page "
             "| in-worker: consumed → page produced | in-worker: consumed → acked + checkpointed |"
         )
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|")
         for rate in rates:
             phase = mine.get(rate, {})
             lines.append(
                 f"| offered {rate:,.0f} events/s | {_ms(broker.get(rate, {}).get('latency'))} "
+                f"| {_ms(agent.get(rate, {}).get('latency'))} "
                 f"| {_ms(faust.get(rate, {}).get('latency'))} "
                 f"| {_ms(phase.get('latency'))} | {_ms(phase.get('in_worker_page_produced'))} "
                 f"| {_ms(phase.get('in_worker_processing'))} |"
@@ -57,20 +59,21 @@ def render_table(result: dict[str, Any]) -> str:
         if sustained:
             lines.append(
                 f"| insession at {sustained['offered_rate']:,.0f} events/s (90% of its max) | | "
-                f"| {_ms(sustained['latency'])} "
+                f"| | {_ms(sustained['latency'])} "
                 f"| {_ms(sustained.get('in_worker_page_produced'))} "
                 f"| {_ms(sustained.get('in_worker_processing'))} |"
             )
         lines.append("")
         lines.append(
-            "| maximum throughput (backlog drain) | broker floor | Faust floor | insession |"
+            "| maximum throughput (backlog drain) | broker floor | Faust agent floor "
+            "| Faust floor (batch runtime) | insession |"
         )
-        lines.append("|---|---|---|---|")
+        lines.append("|---|---|---|---|---|")
         lines.append(
             "| events/s | "
             + " | ".join(
                 _rate(result.get(name, {}).get("max_throughput", {}).get("events_per_s"))
-                for name in ("broker_floor", "faust_floor", "insession")
+                for name in ("broker_floor", "faust_agent_floor", "faust_floor", "insession")
             )
             + " |"
         )
@@ -87,7 +90,7 @@ def render_table(result: dict[str, Any]) -> str:
             + f"; survivors frozen {pauses.get('freezes', 0)} times"
         )
         lines.append("")
-    for name in ("broker_floor", "faust_floor", "insession"):
+    for name in ("broker_floor", "faust_agent_floor", "faust_floor", "insession"):
         error = result.get(name, {}).get("error")
         if error:
             lines.append(f"{name}: ERROR {error.splitlines()[0]}")
@@ -133,10 +136,18 @@ def render_table(result: dict[str, Any]) -> str:
                     f"insession/broker p50 x{row['p50_over_broker']}, "
                     f"p99 x{row['p99_over_broker']} (p99 {row['p99_minus_broker_ms']:+.1f} ms)"
                 )
+            if "p99_over_faust_agent" in row:
+                parts.append(f"insession/Faust agent p99 x{row['p99_over_faust_agent']}")
             if "p99_over_faust" in row:
-                parts.append(f"insession/Faust p99 x{row['p99_over_faust']}")
+                parts.append(f"insession/Faust batch runtime p99 x{row['p99_over_faust']}")
             lines.append(" ".join(parts))
+        if "throughput_over_faust_agent" in ratios:
+            lines.append(
+                f"  throughput insession/Faust agent: x{ratios['throughput_over_faust_agent']}"
+            )
         if "throughput_over_faust" in ratios:
-            lines.append(f"  throughput insession/Faust: x{ratios['throughput_over_faust']}")
+            lines.append(
+                f"  throughput insession/Faust batch runtime: x{ratios['throughput_over_faust']}"
+            )
     lines.append(f"(elapsed {result.get('elapsed_s')} s; logs in {result.get('log_dir')})")
     return "\n".join(lines)

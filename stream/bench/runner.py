@@ -123,7 +123,7 @@ def run_bench(options: BenchOptions, progress: Progress = lambda line: None) -> 
         "log_dir": str(log_dir),
     }
     started = time.monotonic()
-    kafka_parts = {"broker", "faust", "insession"} - options.skip
+    kafka_parts = {"broker", "faust-agent", "faust", "insession"} - options.skip
     if kafka_parts:
         with _broker(options, progress) as (bootstrap, embedded):
             result["broker"] = {"bootstrap": bootstrap, "embedded": embedded}
@@ -139,6 +139,17 @@ def run_bench(options: BenchOptions, progress: Progress = lambda line: None) -> 
                 if "broker" in kafka_parts:
                     result["broker_floor"] = _measure_relay(
                         options, bootstrap, traffic, templates, run_id, log_dir, progress
+                    )
+                if "faust-agent" in kafka_parts:
+                    result["faust_agent_floor"] = _measure_faust(
+                        options,
+                        bootstrap,
+                        traffic,
+                        templates,
+                        run_id,
+                        log_dir,
+                        progress,
+                        agent=True,
                     )
                 if "faust" in kafka_parts:
                     result["faust_floor"] = _measure_faust(
@@ -320,26 +331,35 @@ def _measure_faust(
     run_id: str,
     log_dir: Path,
     progress: Progress,
+    *,
+    agent: bool = False,
 ) -> dict[str, Any]:
-    progress("Faust floor: an agent forwarding each event unchanged ...")
-    in_topic, out_topic = f"bench-{run_id}-faust-in", f"bench-{run_id}-faust-out"
+    """A Faust forwarder: the stock agent (``agent``) or the worker's batch runtime."""
+    name, kind, module = (
+        ("Faust agent floor", "faust-agent", "stream.bench.faust_agent_forward")
+        if agent
+        else ("Faust floor", "faust", "stream.bench.faust_forward")
+    )
+    what = "a stock agent" if agent else "the worker's batch runtime"
+    progress(f"{name}: {what} forwarding each event unchanged ...")
+    in_topic, out_topic = f"bench-{run_id}-{kind}-in", f"bench-{run_id}-{kind}-out"
     create_topics(bootstrap, {in_topic: options.partitions, out_topic: options.partitions})
     forwarder = start_process(
-        "faust-forwarder",
-        ["-m", "stream.bench.faust_forward", "worker"],
+        f"{kind}-forwarder",
+        ["-m", module, "worker"],
         log_dir=log_dir,
         env={
             "BENCH_BOOTSTRAP": bootstrap,
             "BENCH_IN_TOPIC": in_topic,
             "BENCH_OUT_TOPIC": out_topic,
-            "BENCH_APP_ID": f"bench-{run_id}-faust",
+            "BENCH_APP_ID": f"bench-{run_id}-{kind}",
             "BENCH_PARTITIONS": str(options.partitions),
             "INSESSION_FETCH_MAX_WAIT_MS": str(options.fetch_wait_ms),
             "INSESSION_PRODUCER_LINGER_MS": str(options.linger_ms),
         },
     )
     return _with_receiver(
-        "Faust floor",
+        name,
         forwarder,
         options,
         bootstrap,
@@ -542,6 +562,7 @@ def _ratios(result: dict[str, Any]) -> dict[str, Any]:
     ratios: dict[str, Any] = {"latency": []}
     broker = _latencies(result, "broker_floor")
     faust = _latencies(result, "faust_floor")
+    agent = _latencies(result, "faust_agent_floor")
     for phase in result.get("insession", {}).get("offered", []):
         if "latency" not in phase:
             continue
@@ -554,12 +575,17 @@ def _ratios(result: dict[str, Any]) -> dict[str, Any]:
             row["p99_minus_broker_ms"] = round(mine["p99_ms"] - broker[rate]["p99_ms"], 1)
         if rate in faust and faust[rate]["p99_ms"]:
             row["p99_over_faust"] = round(mine["p99_ms"] / faust[rate]["p99_ms"], 2)
+        if rate in agent and agent[rate]["p99_ms"]:
+            row["p99_over_faust_agent"] = round(mine["p99_ms"] / agent[rate]["p99_ms"], 2)
         ratios["latency"].append(row)
     mine_tp = result.get("insession", {}).get("max_throughput", {}).get("events_per_s")
     faust_tp = result.get("faust_floor", {}).get("max_throughput", {}).get("events_per_s")
     broker_tp = result.get("broker_floor", {}).get("max_throughput", {}).get("events_per_s")
+    agent_tp = result.get("faust_agent_floor", {}).get("max_throughput", {}).get("events_per_s")
     if mine_tp and faust_tp:
         ratios["throughput_over_faust"] = round(mine_tp / faust_tp, 2)
+    if mine_tp and agent_tp:
+        ratios["throughput_over_faust_agent"] = round(mine_tp / agent_tp, 2)
     if mine_tp and broker_tp:
         ratios["throughput_over_broker"] = round(mine_tp / broker_tp, 3)
     engine = result.get("engine_alone") or {}

@@ -37,7 +37,7 @@ def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -
     assert completed.returncode == 0, stderr[-3000:]
     result = orjson.loads(completed.stdout)
 
-    for system in ("broker_floor", "faust_floor", "insession"):
+    for system in ("broker_floor", "faust_agent_floor", "faust_floor", "insession"):
         assert "error" not in result[system], result[system]
         lowest = result[system]["offered"][0]
         assert lowest["latency"]["count"] > 0, (system, lowest)
@@ -58,3 +58,4 @@ def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -
     assert result["memory"]["populations"][0]["state_bytes_per_session"] > 0
     assert result["ratios"]["latency"], "insession latency is reported beside its floors"
     assert "throughput_over_faust" in result["ratios"]
+    assert "throughput_over_faust_agent" in result["ratios"]
