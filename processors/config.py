@@ -62,7 +62,7 @@ class EngineConfig:
     #: a negative unless this is set (then it becomes one after ``impression_timeout_ms``).
     learn_unanswered_impressions: bool = False
     #: Taste evidence (``processors.taste``) kept when a session ends, as a share of its weight.
-    taste_carry_over: float = 0.5
+    taste_carry_over: float = 0.8
     #: Pseudo-examinations of the population's rate behind a user's genre and style rates and
     #: behind each title's click rate: how much evidence it takes to move them.
     genre_taste_strength: float = 2.0
