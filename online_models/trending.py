@@ -20,6 +20,9 @@ __all__ = ["Trending"]
 _STATE_VERSION = 1
 #: Re-anchor the landmark after this many half-lives, long before 2 ** x overflows a float.
 _RELANDMARK_HALF_LIVES = 256.0
+#: Cap on the decay factor's exponent: with values up to 2^256 (the landmark rule above),
+#: 2^512 more keeps every product far from float overflow.
+_MAX_GROWTH_EXP2 = 512.0
 
 
 class Trending:
@@ -138,7 +141,9 @@ class Trending:
 
     def _decay_to(self, now: int) -> float:
         assert self._landmark_ts is not None
-        return math.exp2((self._landmark_ts - now) / self.half_life_ms)
+        # A query far before the landmark (a clock behind the events by more than 512
+        # half-lives) would overflow: the factor is capped, scores stay finite and ordered.
+        return math.exp2(min((self._landmark_ts - now) / self.half_life_ms, _MAX_GROWTH_EXP2))
 
     def _promote(self, item_id: str, old: float | None, value: float) -> None:
         """Keep the leaderboard the top ``top_cache_size`` items after ``item_id`` went up."""

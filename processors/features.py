@@ -523,7 +523,10 @@ def rank_feature_matrix(
         scores = np.array([score for _, score in knn], dtype=np.float64)
         features[at, 4] = scores / context.knn_max
         features[at, 5] = scores > 0  # (a non-positive best kNN score means no kNN signal)
-    features[:, 6] = np.log1p(np.array(trending_scores, dtype=np.float64))
+    # math.log1p, not np.log1p: numpy's SIMD log1p differs in the last bit between CPUs (seen
+    # between two machines of this project's CI), and a replay must rebuild the same features.
+    log1p = math.log1p
+    features[:, 6] = [log1p(score) for score in trending_scores]
     resume = state.continue_watching
     if resume:
         for item_id, progress in resume.items():
@@ -558,4 +561,5 @@ def _count_column(
             at.append(k)
             values.append(count)
     if at:
-        features[at, column] = np.log1p(np.array(values, dtype=np.float64))
+        log1p = math.log1p  # not np.log1p: see the trending column
+        features[at, column] = [log1p(count) for count in values]

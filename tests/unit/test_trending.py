@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import orjson
@@ -160,3 +161,14 @@ def test_state_round_trip_through_json_answers_identically() -> None:
 def test_unknown_state_versions_are_refused() -> None:
     with pytest.raises(ValueError, match="version"):
         Trending.from_state({**Trending().to_state(), "version": 999})
+
+
+def test_a_query_long_before_the_landmark_stays_finite() -> None:
+    """A clock far behind the events (a replay, a skewed producer) must not overflow."""
+    trending = Trending(half_life_ms=1_000)
+    trending.add("late", ts=10**12)
+    trending.add("later", ts=10**12, weight=2.0)
+    top = trending.top(2, now=0)
+    assert [item_id for item_id, _ in top] == ["later", "late"]
+    assert all(math.isfinite(score) and score > 0 for _, score in top)
+    assert math.isfinite(trending.score("late", now=0))
