@@ -21,6 +21,7 @@ __all__ = [
     "RECENT_PAGES",
     "STATE_VERSION",
     "EventIdWindow",
+    "FloatMap",
     "PairMap",
     "PendingImpression",
     "UserState",
@@ -159,14 +160,56 @@ def page_id(key: int) -> str:
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
-class PairMap(MutableMapping[str, tuple[float, float]]):
-    """``key → (first, second)`` for the few keys of one user, in insertion order.
+class _ArrayMap(MutableMapping[str, Any]):
+    """The storage of `PairMap` and `FloatMap`: a user's few keys in insertion order and their
+    values in one flat ``array('d')``, ``_width`` doubles a key, stored exactly as given.
 
-    Holds the taste evidence (``processors.taste``). A dict of two-float lists cost ~190 bytes
-    for the dict plus ~120 a key (the list and two float objects), ~1.2 KB of a typical state
-    for its genres and styles. Here the keys are one list and the values one flat
-    ``array('d')`` (two doubles a key, stored exactly as given): ~0.25 KB for both. A lookup
-    is a scan of the key list, as fast as hashing for the dozen keys a user has at most.
+    A small dict costs ~190 bytes before its values, and every float value is a 24-byte
+    object (a pair in a list, ~120 bytes); the few genres and styles of a user cost ~1.5 KB
+    of every state that way. A lookup is a scan of the key tuple, as fast as hashing for the
+    handful of keys a user has. The tuple and the array hold exactly the keys there are: a
+    new key is rare (a genre or style seen for the first time), so growing by copying costs
+    little and nothing is held in reserve.
+    """
+
+    __slots__ = ("_keys", "_values")
+    _width = 1
+
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
+        self._keys: tuple[str, ...] = ()
+        self._values = array("d")
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for key, value in pairs:
+            self[key] = value
+
+    def _append(self, key: str, values: Sequence[float]) -> None:
+        self._keys = (*self._keys, key)
+        self._values = self._values + array("d", values)
+
+    def __delitem__(self, key: str) -> None:
+        try:
+            index = self._keys.index(key)
+        except ValueError:
+            raise KeyError(key) from None
+        self._keys = self._keys[:index] + self._keys[index + 1 :]
+        width, values = self._width, self._values
+        self._values = values[: width * index] + values[width * (index + 1) :]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
+
+
+class PairMap(_ArrayMap):
+    """``key → (first, second)``: the taste evidence (``processors.taste``).
 
     Examples
     --------
@@ -177,17 +220,8 @@ class PairMap(MutableMapping[str, tuple[float, float]]):
     ((0.0, 0.5), (0.0, 0.0), ['comedy'])
     """
 
-    __slots__ = ("_keys", "_values")
-
-    def __init__(
-        self,
-        items: Mapping[str, Sequence[float]] | Iterable[tuple[str, Sequence[float]]] = (),
-    ) -> None:
-        self._keys: list[str] = []
-        self._values = array("d")
-        pairs = items.items() if isinstance(items, Mapping) else items
-        for key, (first, second) in pairs:
-            self[key] = (first, second)
+    __slots__ = ()
+    _width = 2
 
     def __getitem__(self, key: str) -> tuple[float, float]:
         try:
@@ -207,36 +241,53 @@ class PairMap(MutableMapping[str, tuple[float, float]]):
 
     def __setitem__(self, key: str, value: Sequence[float]) -> None:
         first, second = value
-        values = self._values
         try:
             at = 2 * self._keys.index(key)
         except ValueError:
-            self._keys.append(key)
-            values.append(first)
-            values.append(second)
+            self._append(key, (first, second))
             return
+        values = self._values
         values[at] = first
         values[at + 1] = second
 
-    def __delitem__(self, key: str) -> None:
+
+class FloatMap(_ArrayMap):
+    """``key → float``: the session's genre affinity (``processors.session_window``).
+
+    Examples
+    --------
+    >>> affinity = FloatMap({"horror": 1.5})
+    >>> affinity["horror"] *= 2.0
+    >>> affinity.get("drama", 0.0), list(affinity.items())
+    (0.0, [('horror', 3.0)])
+    """
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> float:
         try:
-            index = self._keys.index(key)
+            return self._values[self._keys.index(key)]
         except ValueError:
             raise KeyError(key) from None
-        del self._keys[index]
-        del self._values[2 * index : 2 * index + 2]
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self._values[self._keys.index(key)]
+        except ValueError:
+            return default
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+    def __setitem__(self, key: str, value: float) -> None:
+        try:
+            self._values[self._keys.index(key)] = value
+        except ValueError:
+            self._append(key, (value,))
 
-    def __len__(self) -> int:
-        return len(self._keys)
+    def items(self) -> list[tuple[str, float]]:  # type: ignore[override]
+        """The pairs as a list (read on every page: faster than the generic view)."""
+        return list(zip(self._keys, self._values, strict=True))
 
-    def __repr__(self) -> str:
-        return f"PairMap({dict(self.items())!r})"
+    def values(self) -> list[float]:  # type: ignore[override]
+        return self._values.tolist()
 
 
 def _feature_row(features: Sequence[float]) -> array[float]:
@@ -358,12 +409,15 @@ class UserState:
         self.max_scroll_streak = 0
         self.progress_sum = 0.0
         self.progress_n = 0
-        self.genre_affinity: dict[str, float] = {}
+        #: genre → affinity weight, undecayed since ``affinity_ts`` (``session_window``).
+        self.genre_affinity = FloatMap()
         self.affinity_ts = 0
         self.last_items: list[str] = []
         self.session_impressed: dict[str, int] = {}
         self.session_scrolled: dict[str, int] = {}
-        self.session_clicked: dict[str, None] = {}
+        #: Titles clicked or played this session, in order (an ordered set: a list is half a
+        #: dict's size for the few a session has).
+        self.session_clicked: list[str] = []
         self.pending: dict[str, PendingImpression] = {}
         #: The session's churn snapshots back to back, ``churn_width`` values each
         #: (`add_churn_snapshot`): one float64 array instead of one per snapshot in a list.
@@ -462,7 +516,7 @@ class UserState:
             "max_scroll_streak": self.max_scroll_streak,
             "progress_sum": self.progress_sum,
             "progress_n": self.progress_n,
-            "genre_affinity": self.genre_affinity,
+            "genre_affinity": dict(self.genre_affinity.items()),
             "affinity_ts": self.affinity_ts,
             "last_items": self.last_items,
             "session_impressed": self.session_impressed,
@@ -516,12 +570,14 @@ class UserState:
         state.max_scroll_streak = int(raw["max_scroll_streak"])
         state.progress_sum = float(raw["progress_sum"])
         state.progress_n = int(raw["progress_n"])
-        state.genre_affinity = {intern(k): float(v) for k, v in raw["genre_affinity"].items()}
+        state.genre_affinity = FloatMap(
+            (intern(k), float(v)) for k, v in raw["genre_affinity"].items()
+        )
         state.affinity_ts = int(raw["affinity_ts"])
         state.last_items = [intern(item_id) for item_id in raw["last_items"]]
         state.session_impressed = {intern(k): int(v) for k, v in raw["session_impressed"].items()}
         state.session_scrolled = {intern(k): int(v) for k, v in raw["session_scrolled"].items()}
-        state.session_clicked = dict.fromkeys(intern(k) for k in raw["session_clicked"])
+        state.session_clicked = [intern(k) for k in raw["session_clicked"]]
         state.pending = {
             intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
         }
