@@ -233,10 +233,10 @@ class PairMap(_ArrayMap):
         return values[at], values[at + 1]
 
     def get(self, key: str, default: Any = None) -> Any:
-        try:
-            at = 2 * self._keys.index(key)
-        except ValueError:
+        keys = self._keys
+        if key not in keys:  # most lookups miss (every genre is asked): no exception for them
             return default
+        at = 2 * keys.index(key)
         values = self._values
         return values[at], values[at + 1]
 
@@ -272,10 +272,10 @@ class FloatMap(_ArrayMap):
             raise KeyError(key) from None
 
     def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self._values[self._keys.index(key)]
-        except ValueError:
+        keys = self._keys
+        if key not in keys:
             return default
+        return self._values[keys.index(key)]
 
     def __setitem__(self, key: str, value: float) -> None:
         try:
@@ -611,11 +611,14 @@ def _sparse_record(vector: Sequence[float]) -> list[float]:
     mask says value ``i`` is kept; -0.0 is kept as itself.
     """
     mask = 0
+    bit = 1
     kept: list[float] = [0.0]
-    for index, value in enumerate(vector):
-        if value != 0.0 or math.copysign(1.0, value) < 0.0:
-            mask |= 1 << index
+    copysign = math.copysign
+    for value in vector:
+        if value or copysign(1.0, value) < 0.0:  # (NaN is truthy, so kept too)
+            mask |= bit
             kept.append(value)
+        bit <<= 1
     kept[0] = float(mask)
     return kept
 
