@@ -111,7 +111,7 @@ class EventIdWindow:
         window = cls(maxlen)
         if maxlen > 0:
             # Built at its size in one go (appending one by one leaves spare capacity).
-            window._fingerprints = array("Q", [int(f) for f in fingerprints][-maxlen:])
+            window._fingerprints = _u64_array([int(f) for f in fingerprints][-maxlen:])
         return window
 
 
@@ -555,7 +555,7 @@ class UserState:
             keys = [int(key) for key in raw["recent_pages"]]
         else:  # page id → arm (always the user's arm, see `page_variant`)
             keys = [page_key(page) for page in raw["recent_pages"]]
-        state.recent_pages = array("Q", keys[-RECENT_PAGES:])
+        state.recent_pages = _u64_array(keys[-RECENT_PAGES:])
         last_page = raw["last_recommendation_id"]
         if last_page and page_key(last_page) in state.recent_pages:
             state._last_page = state.recent_pages.index(page_key(last_page))
@@ -651,6 +651,14 @@ def _int_list(values: Sequence[Any]) -> list[int]:
     for index, value in enumerate(values):
         out[index] = int(value)
     return out
+
+
+def _u64_array(values: list[int]) -> array[int]:
+    """64-bit keys from a checkpoint; ValueError (not OverflowError) for one out of range."""
+    try:
+        return array("Q", values)
+    except OverflowError as error:
+        raise ValueError(f"not a 64-bit key: {error}") from None
 
 
 def _evidence_from(raw: dict[str, Any], *, proportion: bool) -> PairMap:

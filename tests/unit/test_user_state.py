@@ -155,3 +155,11 @@ def test_float_map_behaves_like_a_dict() -> None:
             reference, key=lambda g: abs(reference[g])
         )
     assert compact == reference
+
+
+def test_out_of_range_keys_are_an_unreadable_checkpoint() -> None:
+    """The worker skips a checkpoint that raises ValueError; other errors would escape."""
+    for field, value in (("recent_pages", [2**64]), ("recent_event_ids", [-1])):
+        raw = UserState("u").to_dict() | {field: value}
+        with pytest.raises(ValueError, match="64-bit"):
+            UserState.from_dict(raw)
