@@ -117,7 +117,7 @@ def measure_memory(
         "served_cache_bytes_per_page": round(served_bytes),
         "served_cache_pages_max": engine._served_limit,
         "populations": results,
-        "state_bytes_by_field": field_breakdown(sample),
+        "state_bytes_by_field": field_breakdown(sample, min(max(populations), 20_000)),
     }
 
 
