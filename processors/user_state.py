@@ -144,6 +144,16 @@ def page_key(recommendation_id: str) -> int:
     >>> page_key("rec-00000000000000ff"), page_key("rec-0x000000000000ff") == 255
     (255, False)
     """
+    global _last_page_key
+    last_id, last = _last_page_key
+    if recommendation_id == last_id:  # the events of one page view name the same page
+        return last
+    key = _parse_page_key(recommendation_id)
+    _last_page_key = (recommendation_id, key)
+    return key
+
+
+def _parse_page_key(recommendation_id: str) -> int:
     if (
         len(recommendation_id) == 20
         and recommendation_id.startswith("rec-")
@@ -159,6 +169,7 @@ def page_id(key: int) -> str:
 
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
+_last_page_key: tuple[str, int] = ("", stable_hash64(""))
 
 
 class _ArrayMap(MutableMapping[str, Any]):
@@ -451,7 +462,7 @@ class UserState:
 
         A page served again keeps its place (the oldest page is the first forgotten).
         """
-        key = page_key(recommendation_id)
+        key = _parse_page_key(recommendation_id)  # (a new page: not the one events ask about)
         pages = self.recent_pages
         try:
             self._last_page = pages.index(key)
