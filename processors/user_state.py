@@ -172,6 +172,11 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 _last_page_key: tuple[str, int] = ("", stable_hash64(""))
 
 
+#: The values of every empty `_ArrayMap` (one shared array: values are only ever changed in
+#: place for a key that exists, so an empty map's array is never written to).
+_NO_VALUES = array("d")
+
+
 class _ArrayMap(MutableMapping[str, Any]):
     """The storage of `PairMap` and `FloatMap`: a user's few keys in insertion order and their
     values in one flat ``array('d')``, ``_width`` doubles a key, stored exactly as given.
@@ -189,7 +194,7 @@ class _ArrayMap(MutableMapping[str, Any]):
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         self._keys: tuple[str, ...] = ()
-        self._values = array("d")
+        self._values = _NO_VALUES
         pairs = items.items() if isinstance(items, Mapping) else items
         for key, value in pairs:
             self[key] = value
@@ -205,7 +210,7 @@ class _ArrayMap(MutableMapping[str, Any]):
             raise KeyError(key) from None
         self._keys = self._keys[:index] + self._keys[index + 1 :]
         width, values = self._width, self._values
-        self._values = values[: width * index] + values[width * (index + 1) :]
+        self._values = values[: width * index] + values[width * (index + 1) :] or _NO_VALUES
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from processors import user_state
 from processors.ids import stable_id
 from processors.user_state import (
     RECENT_PAGES,
@@ -155,6 +156,7 @@ def test_float_map_behaves_like_a_dict() -> None:
             reference, key=lambda g: abs(reference[g])
         )
     assert compact == reference
+    assert len(user_state._NO_VALUES) == 0, "the array empty maps share is never written"
 
 
 def test_out_of_range_keys_are_an_unreadable_checkpoint() -> None:
