@@ -7,7 +7,6 @@ here reads a clock: ``now`` is passed in (wall-clock ms live, event time in repl
 
 from __future__ import annotations
 
-from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ __all__ = ["Effects", "Engine", "EngineModels", "SourcePosition"]
 #: How much each outcome adds to an item's trending score.
 _TRENDING_WEIGHTS = {"click": 1.0, "play": 2.0, "completion": 1.0}
 _POSITIVE_TYPES = frozenset({"click", "play"})
-_RECENT_PAGES = 8
 _EARLIEST_TS = 946_684_800_000
 _NO_EVIDENCE = (0.0, 0.0)  # 2000-01-01: older timestamps are clock or unit errors
 
@@ -195,7 +193,7 @@ class Engine:
         self._roll_session(state, event)
         effects = Effects(state=state, event=event)
         if event.recommendation_id:
-            effects.attributed_variant = state.recent_pages.get(event.recommendation_id)
+            effects.attributed_variant = state.page_variant(event.recommendation_id)
         item = self.catalog.get(event.item_id) if event.item_id is not None else None
         self._learn_from_outcome(state, event, effects)
         self._learn_taste(state, event, item)
@@ -329,7 +327,7 @@ class Engine:
         carry_over(state.style_evidence, carry)
         churned = not state.has_played
         if self.learning:
-            for snapshot in state.churn_snapshots:
+            for snapshot in state.churn_snapshot_rows():
                 self.models.churn.learn_vector(snapshot, churned)
         self.counters["sessions_ended"] += 1
         self.counters["sessions_ended_without_play"] += int(churned)
@@ -500,10 +498,7 @@ class Engine:
             return None
         config = self.config
         vector = session_features(state, event.ts, config)
-        snapshots = state.churn_snapshots
-        snapshots.append(array("d", vector))
-        if len(snapshots) > config.churn_snapshots:
-            del snapshots[1]  # keep the session's first view and the latest ones
+        state.add_churn_snapshot(vector, config.churn_snapshots)
         churn = self.models.churn
         named = dict(zip(SESSION_FEATURE_NAMES, vector, strict=True))
         risk = churn.predict_proba_one(named)
@@ -544,10 +539,7 @@ class Engine:
             self._served[recommendation_id] = served.for_labels()  # no Page kept: memory
             if len(self._served) > self._served_limit:
                 self._served.popitem(last=False)
-        state.last_recommendation_id = recommendation_id
-        state.recent_pages[recommendation_id] = served.page.variant
-        if len(state.recent_pages) > _RECENT_PAGES:
-            del state.recent_pages[next(iter(state.recent_pages))]
+        state.remember_page(recommendation_id)
         self.counters["pages"] += 1
         self.arm_metrics.record_page(served.page.variant)
         return served.page

@@ -73,9 +73,7 @@ def update_window(
     elif event_type in SEQUENCE_TYPES:
         state.scroll_streak = 0
         if item_id is not None:
-            state.session_clicked[item_id] = None
-            if len(state.session_clicked) > _MAX_EXPOSURE_ITEMS:
-                del state.session_clicked[next(iter(state.session_clicked))]
+            _add_clicked(state.session_clicked, item_id)
             _append_item(state, item_id, config.last_items)
     elif event_type == "impression" and item_id is not None:
         _bump(state.session_impressed, item_id)
@@ -159,6 +157,14 @@ def _append_item(state: UserState, item_id: str, limit: int) -> None:
     items.append(item_id)
     if len(items) > limit:
         del items[0]
+
+
+def _add_clicked(clicked: list[str], item_id: str) -> None:
+    """Add a title to the session's clicked ones: an ordered set, the oldest forgotten first."""
+    if item_id not in clicked:
+        clicked.append(item_id)
+        if len(clicked) > _MAX_EXPOSURE_ITEMS:
+            del clicked[0]
 
 
 def _bump(counts: dict[str, int], item_id: str) -> None:

@@ -5,10 +5,10 @@ weights (a hover plus, a scroll-past minus) makes every genre negative after a f
 because most things a user looks at are passed over, loved genres included. What does carry
 the taste is a *rate*: of the titles of a genre the user looked at (clicked or explicitly
 scrolled past), how much engagement did they give (a click, a long hover)? Each genre and each
-artwork style keeps ``[engagement, examined]``; the rate is Beta-smoothed toward the population's
+artwork style keeps ``(engagement, examined)``; the rate is Beta-smoothed toward the population's
 rate, so one hover does not make a favourite and a genre never shown stays neutral.
 
-Artwork styles are measured against expectation instead: ``[observed, expected]`` engagement,
+Artwork styles are measured against expectation instead: ``(observed, expected)`` engagement,
 where the expectation is what the user's genre taste predicted for that title. Most titles a
 user looks at are passed over for their genre, whatever their poster; counted as plain rates,
 the style shown most would collect the most rejections and look worst. Observed over expected
@@ -20,11 +20,11 @@ for less each session, so an old taste fades when behaviour changes.
 
 Examples
 --------
->>> evidence: dict[str, list[float]] = {}
+>>> evidence: dict[str, tuple[float, float]] = {}
 >>> add_evidence(evidence, ("horror",), *engagement_of("click", None))
 >>> add_evidence(evidence, ("comedy", "drama"), *engagement_of("scroll_past", None))
 >>> evidence
-{'horror': [1.0, 1.0], 'comedy': [0.0, 0.5], 'drama': [0.0, 0.5]}
+{'horror': (1.0, 1.0), 'comedy': (0.0, 0.5), 'drama': (0.0, 0.5)}
 >>> lift(*evidence["horror"], base_rate=0.1, strength=3.0) > 0 > lift(
 ...     *evidence["comedy"], base_rate=0.1, strength=3.0)
 True
@@ -33,7 +33,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 
 __all__ = [
     "TASTE_TYPES",
@@ -50,6 +50,7 @@ TASTE_TYPES = frozenset({"click", "scroll_past", "hover"})
 #: Dwell at which a hover counts as much engagement as half a click.
 _FULL_DWELL_MS = 3_000.0
 _HOVER_WEIGHT = 0.5
+_NONE = (0.0, 0.0)
 
 
 def engagement_of(event_type: str, dwell_ms: int | None) -> tuple[float, float]:
@@ -76,7 +77,7 @@ def engagement_of(event_type: str, dwell_ms: int | None) -> tuple[float, float]:
 
 
 def add_evidence(
-    evidence: MutableMapping[str, list[float]],
+    evidence: MutableMapping[str, Sequence[float]],
     keys: Iterable[str],
     engaged: float,
     examined: float,
@@ -92,24 +93,23 @@ def add_evidence(
         return
     share = 1.0 / len(keys)
     for key in keys:
-        counts = evidence.get(key)
-        if counts is None:
-            counts = evidence[key] = [0.0, 0.0]
-        counts[0] += engaged * share
-        counts[1] += examined * share
+        first, second = evidence.get(key, _NONE)
+        evidence[key] = (first + engaged * share, second + examined * share)
     if len(evidence) > limit:
         weakest = min(evidence, key=lambda key: evidence[key][1] + evidence[key][0])
         del evidence[weakest]
 
 
-def carry_over(evidence: MutableMapping[str, list[float]], factor: float) -> None:
+def carry_over(evidence: MutableMapping[str, Sequence[float]], factor: float) -> None:
     """Discount the evidence when a session ends (``factor`` in [0, 1]); drop what is faint."""
     for key in list(evidence):
-        counts = evidence[key]
-        counts[0] *= factor
-        counts[1] *= factor
-        if counts[0] + counts[1] < 0.05:
+        first, second = evidence[key]
+        first *= factor
+        second *= factor
+        if first + second < 0.05:
             del evidence[key]
+        else:
+            evidence[key] = (first, second)
 
 
 def rate(engaged: float, examined: float, *, base_rate: float, strength: float) -> float:

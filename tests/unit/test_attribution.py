@@ -185,3 +185,29 @@ def test_metrics_round_trip_merge_and_bounded_timeline() -> None:
         zip(TIMELINE_FIELDS, (4, 2, 0, 2, 2), strict=True)
     )
     assert metrics.to_dict()["arms"]["personalized"]["no_play_share"] == 1.0
+
+
+def test_pages_are_served_in_the_users_arm_so_states_keep_only_page_keys() -> None:
+    """``UserState.page_variant`` answers with the user's arm for any of their recent pages:
+    true only while every page is built in its user's arm, as checked here for both arms."""
+    engine = _engine()
+    states: dict[str, UserState] = {}
+    served: dict[str, list[Page]] = {}
+    for k in range(40):
+        user = f"viewer-{k}"
+        for step, kind in enumerate(("session_start", "hover", "click")):
+            event = _event(user, kind, T0 + step, "horror-1", dwell_ms=10)
+            effects = engine.process(event, states.get(user), now=T0 + step)
+            assert effects.state is not None
+            states[user] = effects.state
+            if effects.page is not None:
+                served.setdefault(user, []).append(effects.page)
+    assert {page.variant for pages in served.values() for page in pages} == {
+        "personalized",
+        "holdout",
+    }
+    for user, pages in served.items():
+        state = UserState.from_dict(states[user].to_dict())
+        for page in pages:
+            assert page.variant == state.variant == state.page_variant(page.recommendation_id)
+        assert state.last_recommendation_id == pages[-1].recommendation_id

@@ -54,7 +54,7 @@ def _state(rng: random.Random, catalog: list[CatalogItem]) -> UserState:
     state.continue_watching = {i: rng.random() for i in rng.sample(ids, 3)}
     state.session_impressed = {i: rng.randrange(1, 4) for i in rng.sample(ids, 8)}
     state.session_scrolled = {i: rng.randrange(1, 3) for i in rng.sample(ids, 5)}
-    state.session_clicked = dict.fromkeys(rng.sample(ids, 2))
+    state.session_clicked = rng.sample(ids, 2)
     state.genre_evidence = {
         g: [e, e + rng.uniform(0.0, 3.0)] for g in rng.sample(GENRES, 3) for e in [rng.random()]
     }

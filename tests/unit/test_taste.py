@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import MutableMapping, Sequence
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from processors.config import EngineConfig
 from processors.features import genre_taste_rates
 from processors.session_window import update_window
 from processors.taste import add_evidence, carry_over, engagement_of, lift
-from processors.user_state import UserState
+from processors.user_state import PairMap, UserState
 from schemas.messages import BehaviourEvent, CatalogItem
 
 T0 = 1_700_000_000_000
@@ -48,12 +49,16 @@ def test_scroll_pasts_lower_a_genre_relative_to_what_engages() -> None:
     assert lift(*state.genre_evidence["horror"], base_rate=0.1, strength=2.0) > 0
 
 
-def test_evidence_carries_over_sessions_at_a_discount_and_stays_bounded() -> None:
-    evidence: dict[str, list[float]] = {}
+@pytest.mark.parametrize("kind", [dict, PairMap])
+def test_evidence_carries_over_sessions_at_a_discount_and_stays_bounded(
+    kind: type[MutableMapping[str, Sequence[float]]],
+) -> None:
+    evidence = kind()
     add_evidence(evidence, ("horror", "comedy"), 1.0, 1.0)
-    assert evidence == {"horror": [0.5, 0.5], "comedy": [0.5, 0.5]}
+    assert evidence == {"horror": (0.5, 0.5), "comedy": (0.5, 0.5)}
+    assert list(evidence) == ["horror", "comedy"]
     carry_over(evidence, 0.5)
-    assert evidence["horror"] == [0.25, 0.25]
+    assert evidence["horror"] == (0.25, 0.25)
     for _ in range(5):
         carry_over(evidence, 0.5)
     assert evidence == {}, "faint evidence is dropped"
@@ -64,10 +69,11 @@ def test_evidence_carries_over_sessions_at_a_discount_and_stays_bounded() -> Non
 
 def test_taste_evidence_survives_the_checkpoint() -> None:
     state = UserState("u")
-    state.genre_evidence = {"horror": [0.5, 2.0]}
-    state.style_evidence = {"closeup": [1.5, 0.5]}  # observed may exceed expected
+    state.genre_evidence = PairMap({"horror": (0.5, 2.0), "drama": (0.1, 0.3)})
+    state.style_evidence = PairMap({"closeup": (1.5, 0.5)})  # observed may exceed expected
     restored = UserState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert restored.genre_evidence == state.genre_evidence
+    assert list(restored.genre_evidence) == ["horror", "drama"], "insertion order kept"
     assert restored.style_evidence == state.style_evidence
     broken = state.to_dict() | {"genre_evidence": {"horror": [3.0, 1.0]}}
     with pytest.raises(ValueError, match="out of range"):
@@ -116,3 +122,23 @@ def test_the_blend_follows_whichever_predictor_has_been_right(informative_prior:
     clone = BlendedRanker.from_state(json.loads(json.dumps(ranker.to_state())))
     probe = np.array([[0.3, 0.1], [-2.0, 1.5]])
     assert clone.predict_proba_many(probe).tolist() == ranker.predict_proba_many(probe).tolist()
+
+
+def test_pair_map_behaves_like_a_dict_of_pairs() -> None:
+    """The compact evidence map against a dict, through the operations the engine uses."""
+    rng = np.random.default_rng(5)
+    compact, reference = PairMap(), {}
+    for _ in range(2_000):
+        key = f"g{rng.integers(12)}"
+        action = rng.integers(4)
+        if action == 0 and key in reference:
+            del compact[key], reference[key]
+        else:
+            pair = (float(rng.random()), float(rng.random()))
+            compact[key] = reference[key] = pair
+        assert list(compact.items()) == list(reference.items())
+        assert compact.get(key, (0.0, 0.0)) == reference.get(key, (0.0, 0.0))
+        assert (key in compact) == (key in reference) and len(compact) == len(reference)
+    with pytest.raises(KeyError):
+        del compact["never"]
+    assert compact.keys() | {"x"} == reference.keys() | {"x"}

@@ -1,0 +1,167 @@
+"""The compact user state: the same values as the plain containers it replaced, and every
+checkpoint version still read."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from array import array
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from processors import user_state
+from processors.ids import stable_id
+from processors.user_state import (
+    RECENT_PAGES,
+    STATE_VERSION,
+    FloatMap,
+    PendingImpression,
+    UserState,
+    page_id,
+    page_key,
+)
+
+#: A mid-session checkpoint written by the version-3 code (pages, pending impression, taste
+#: evidence, churn snapshots, a full dedup window).
+V3_CHECKPOINT = Path(__file__).parent / "data" / "user_state_v3.json"
+
+
+def _v3() -> dict[str, Any]:
+    return json.loads(V3_CHECKPOINT.read_text())
+
+
+def test_version_3_checkpoints_are_read_with_every_value() -> None:
+    raw = _v3()
+    state = UserState.from_dict(raw)
+    data = state.to_dict()
+    assert data["v"] == STATE_VERSION == 4
+    assert data.pop("recent_pages") == [page_key(page) for page in raw.pop("recent_pages")]
+    data.pop("v"), raw.pop("v")
+    assert data == raw  # churn snapshots, pending feature rows and evidence exactly
+    for page in _v3()["recent_pages"]:
+        assert state.page_variant(page) == "personalized"
+    assert state.page_variant("rec-0000000000000000") is None
+    # And the version-4 checkpoint of it reads back the same.
+    again = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert again.to_dict() == state.to_dict()
+
+
+def test_version_2_checkpoints_are_read_without_taste_evidence() -> None:
+    raw = _v3() | {"v": 2}
+    del raw["genre_evidence"], raw["style_evidence"]
+    state = UserState.from_dict(raw)
+    assert not state.genre_evidence and not state.style_evidence
+    assert state.last_recommendation_id == raw["last_recommendation_id"]
+
+
+def test_recent_pages_behave_like_the_dict_they_replaced() -> None:
+    """Insertion order, a page served again keeps its place, the oldest is forgotten first,
+    and the last page served is remembered, across checkpoints."""
+    rng = random.Random(3)
+    state = UserState("u")
+    state.variant = "holdout"
+    reference: dict[str, str] = {}
+    last = ""
+    ids = [stable_id("rec", "u", f"e{k}") for k in range(20)] + ["client-made-id"]
+    for step in range(400):
+        page = rng.choice(ids)
+        state.remember_page(page)
+        reference[page] = "holdout"
+        if len(reference) > RECENT_PAGES:
+            del reference[next(iter(reference))]
+        last = page
+        probe = rng.choice(ids)
+        assert state.page_variant(probe) == reference.get(probe)
+        assert state.recent_pages.tolist() == [page_key(p) for p in reference]
+        if last != "client-made-id":
+            assert state.last_recommendation_id == last
+        if step % 50 == 0:
+            state = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+
+
+def test_page_keys_of_engine_ids_are_their_number() -> None:
+    page = stable_id("rec", "u1", "e1")
+    assert page_id(page_key(page)) == page
+    for other in ("rec-0x0000000000000ff", "rec-00000000000000FF", "REC-00000000000000ff", ""):
+        assert page_key(other) != 255
+        assert 0 <= page_key(other) < 2**64
+
+
+def test_churn_snapshots_are_kept_exactly() -> None:
+    """The sparse flat store against a list of rows: the first and the latest ``limit - 1``."""
+    rng = random.Random(7)
+    specials = [0.0, -0.0, 1.0, 5e-324, -1e308]
+    for limit in (1, 2, 4):
+        state = UserState("u")
+        reference: list[list[float]] = []
+        for _ in range(12):
+            row = [
+                rng.choice(specials) if rng.random() < 0.6 else rng.uniform(-3, 3)
+                for _ in range(19)
+            ]
+            state.add_churn_snapshot(row, limit)
+            reference.append(row)
+            if len(reference) > limit:
+                del reference[1]
+            got = [r.tolist() for r in state.churn_snapshot_rows()]
+            assert [[(v, math.copysign(1, v)) for v in r] for r in got] == [
+                [(v, math.copysign(1, v)) for v in r] for r in reference
+            ]
+        restored = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+        assert [r.tolist() for r in restored.churn_snapshot_rows()] == reference
+    odd = UserState("u")  # in memory (JSON has no NaN or infinity)
+    odd.add_churn_snapshot([math.nan, 0.0, math.inf, -math.inf], 4)
+    first = odd.churn_snapshot_rows()[0]
+    assert math.isnan(first[0]) and first[1:].tolist() == [0.0, math.inf, -math.inf]
+    with pytest.raises(ValueError, match="at most"):
+        odd.add_churn_snapshot([1.0] * 53, 4)
+
+
+def test_pending_features_keep_their_values() -> None:
+    """Rows from the served-page cache (float32 values) are kept in 4 bytes a value, others in
+    8; the learner sees the same numbers either way."""
+    served = array("f", [0.1, -2.5, 3.0]).tolist()  # what ServedFeatures.features_of returns
+    recomputed = [0.1, -2.5, 3.0]
+    for row, typecode in ((served, "f"), (recomputed, "d"), ([1e300, 0.0], "d")):
+        pending = PendingImpression("rec-1", 5, row, "art")
+        assert pending.features.typecode == typecode
+        assert pending.features.tolist() == row
+        assert (
+            PendingImpression.from_list(
+                orjson.loads(orjson.dumps(pending.to_list()))
+            ).features.tolist()
+            == row
+        )
+
+
+def test_float_map_behaves_like_a_dict() -> None:
+    rng = random.Random(11)
+    compact, reference = FloatMap(), {}
+    for _ in range(2_000):
+        key = f"g{rng.randrange(10)}"
+        if rng.random() < 0.3 and key in reference:
+            del compact[key], reference[key]
+        elif key in reference and rng.random() < 0.5:
+            compact[key] *= 0.5
+            reference[key] *= 0.5
+        else:
+            compact[key] = reference[key] = compact.get(key, 0.0) + rng.uniform(-1, 1)
+        assert compact.items() == list(reference.items())
+        assert compact.values() == list(reference.values())
+        assert min(compact, key=lambda g: abs(compact[g])) == min(
+            reference, key=lambda g: abs(reference[g])
+        )
+    assert compact == reference
+    assert len(user_state._NO_VALUES) == 0, "the array empty maps share is never written"
+
+
+def test_out_of_range_keys_are_an_unreadable_checkpoint() -> None:
+    """The worker skips a checkpoint that raises ValueError; other errors would escape."""
+    for field, value in (("recent_pages", [2**64]), ("recent_event_ids", [-1])):
+        raw = UserState("u").to_dict() | {field: value}
+        with pytest.raises(ValueError, match="64-bit"):
+            UserState.from_dict(raw)
