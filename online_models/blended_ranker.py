@@ -117,6 +117,10 @@ class BlendedRanker:
         row = np.array([[float(x[name]) for name in self.feature_names]])
         return float(self.predict_proba_many(row)[0])
 
+    def predict_proba_vector(self, x: Sequence[float]) -> float:
+        """Blended click probability of one row given in `feature_names` order."""
+        return float(self.predict_proba_many(np.array([x], dtype=np.float64))[0])
+
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
         """The regression's per-feature share of its logit (see `OnlineLogistic`)."""
         return self.learned.contributions(x)

@@ -505,8 +505,7 @@ class Engine:
         if len(snapshots) > config.churn_snapshots:
             del snapshots[1]  # keep the session's first view and the latest ones
         churn = self.models.churn
-        named = dict(zip(SESSION_FEATURE_NAMES, vector, strict=True))
-        risk = churn.predict_proba_one(named)
+        risk = churn.predict_proba_vector(vector)
         state.churn_risk = risk
         if state.churn_alerted:
             if risk < config.churn_rearm:
@@ -515,6 +514,7 @@ class Engine:
         if risk < config.churn_threshold or churn.n_learned < config.churn_min_labels:
             return None
         state.churn_alerted = True
+        named = dict(zip(SESSION_FEATURE_NAMES, vector, strict=True))
         reasons = tuple(name for name, weight in churn.contributions(named)[:3] if weight > 0)
         self.counters["churn_alerts"] += 1
         return ChurnAlert(
