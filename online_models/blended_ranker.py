@@ -137,10 +137,11 @@ class BlendedRanker:
         if vector.shape != (len(self.feature_names),):
             raise ValueError(f"x must hold {len(self.feature_names)} values, got {vector.shape}")
         prior = _sigmoid(float(vector[self._prior_index]))
-        learned = float(self.learned.predict_proba_many(vector[None, :])[0])
+        learned = self.learned.predict_proba_row(vector)
         self.loss_prior = self.decay * self.loss_prior + _log_loss(prior, y)
         self.loss_learned = self.decay * self.loss_learned + _log_loss(learned, y)
-        self.learned.learn_vector(vector, y)
+        # A list of floats is what the learner works on: hand it over without a round trip.
+        self.learned.learn_vector(x if isinstance(x, list) else vector, y)
 
     # -- state -----------------------------------------------------------------------------
 

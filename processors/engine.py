@@ -289,13 +289,10 @@ class Engine:
                 f"ts_out_of_range: ts {event.ts} is {event.ts - now} ms ahead of the clock "
                 f"(limit {config.max_future_skew_ms} ms)"
             )
-        if (
-            state is not None
-            and state.session_events
-            and event.event_id not in state.recent_event_ids
-        ):
+        if state is not None and state.session_events:
             behind = state.last_ts - event.ts
-            if behind > config.late_grace_ms:
+            # The duplicate check second: `process` checks it anyway, and few events are late.
+            if behind > config.late_grace_ms and event.event_id not in state.recent_event_ids:
                 return (
                     f"late_event: ts is {behind} ms behind the user's latest event "
                     f"(grace {config.late_grace_ms} ms)"

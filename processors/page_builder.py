@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -303,19 +304,27 @@ class PageBuilder:
         top_picks = self._diversified(best, score_of, config.row_size * 2)
         plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
         arranged = self._arrange(plans, score_of, rank_of)
-        page_rows, placed = self._with_artworks(arranged, state, recommendation_id)
+        placed = tuple([item_id for _, items in arranged for item_id, _ in items])
         placed_rows = [position[item_id] for item_id in placed]
+        page_rows = self._with_artworks(
+            arranged, placed, rows[placed_rows], state, recommendation_id
+        )
         return page_rows, placed, features[placed_rows].astype(np.float32)
 
     def _with_artworks(
         self,
         arranged: list[tuple[_RowPlan, list[tuple[str, float]]]],
+        placed_ids: tuple[str, ...],
+        placed_rows: np.ndarray,
         state: UserState,
         recommendation_id: str,
-    ) -> tuple[tuple[PageRow, ...], tuple[str, ...]]:
-        """Choose every placed item's artwork, then render the rows."""
-        placed_ids = [item_id for _, items in arranged for item_id, _ in items]
-        chosen = self._artworks(placed_ids, state, recommendation_id)
+    ) -> tuple[PageRow, ...]:
+        """Choose every placed item's artwork, then render the rows.
+
+        ``placed_ids`` are the arranged items in page order, ``placed_rows`` their
+        `ItemTable` rows (taken from the candidates' rows: no second lookup per item).
+        """
+        chosen = self._artworks(placed_ids, placed_rows, state, recommendation_id)
         rows = []
         start = 0
         rounded = round
@@ -336,10 +345,14 @@ class PageBuilder:
                 )
             )
             start = end
-        return tuple(rows), tuple(placed_ids)
+        return tuple(rows)
 
     def _artworks(
-        self, item_ids: list[str], state: UserState, recommendation_id: str
+        self,
+        item_ids: Sequence[str],
+        rows: np.ndarray,
+        state: UserState,
+        recommendation_id: str,
     ) -> list[str | None]:
         """Each title's artwork in the style that pulls this user most (``ArtworkBandit
         .choose_styled``, vectorized over the page with the style columns of `ItemTable`);
@@ -356,7 +369,7 @@ class PageBuilder:
         vector = np.full(len(items.style_col) + 1, -np.inf)  # the last: style_idx padding
         for style, column in items.style_col.items():
             vector[column] = pulls[style]
-        pull = vector[items.style_idx[items.rows(item_ids)]]
+        pull = vector[items.style_idx[rows]]
         best = pull.argmax(axis=1).tolist()
         styled = np.isfinite(pull.max(axis=1)).tolist()
         artworks_of = items.artworks.get

@@ -197,3 +197,12 @@ def test_bad_inputs_are_refused() -> None:
     state["weights"] = state["weights"][:-1]
     with pytest.raises(ValueError, match="weights"):
         OnlineLogistic.from_state(state)
+
+
+@pytest.mark.parametrize("n_learned", [0, 1, 10, 500])
+def test_one_row_score_is_the_matrix_score_bit_for_bit(n_learned: int) -> None:
+    model = _trained(n_learned, lr=0.2)
+    rows, _ = _stream(100, seed=12)
+    rows[:4, 2] = [1e9, -1e9, 1e7, -1e7]  # past the ±30 clamp both ways
+    for row in rows:
+        assert model.predict_proba_row(row) == model.predict_proba_many(row[None, :])[0]
