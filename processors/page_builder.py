@@ -426,7 +426,7 @@ class PageBuilder:
                 members.setdefault(genre, []).append(index)
         chosen: list[str] = []
         for _ in range(min(slots, len(pool))):
-            best = max(range(len(pool)), key=values.__getitem__)  # the first of equals
+            best = values.index(max(values))  # the first of equals
             chosen.append(pool[best])
             values[best] = -math.inf
             for genre in genres_of[best]:
