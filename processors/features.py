@@ -7,7 +7,7 @@ the vectors the learners see, so a model snapshot and the code that feeds it alw
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +189,7 @@ def ranking_context(
     genre_prior: Mapping[str, float] | None = None,
     style_pull: Mapping[str, float] | None = None,
     click_rate: float = 0.1,
+    only_genres: Collection[str] | None = None,
 ) -> RankingContext:
     """Compute the per-page part of the ranking features.
 
@@ -196,7 +197,8 @@ def ranking_context(
     genre's rate among everyone who looked at it (the user's own evidence is weighed against
     it: `genre_taste_rates`); ``style_pull`` each artwork style's multiplier for this user
     (``ArtworkBandit.user_style_multipliers``). Without a base rate the genre lifts are all
-    neutral.
+    neutral. ``only_genres`` limits the genre lifts to those genres (one item's row needs no
+    more; each genre's lift is computed on its own, so the values are the same).
     """
     affinity = decayed_affinity(state, now, config.genre_half_life_ms)
     genre_lift: dict[str, float] = {}
@@ -205,7 +207,7 @@ def ranking_context(
         genre_lift = {
             genre: math.log(rate / taste_rate)
             for genre, rate in genre_taste_rates(
-                state, genre_prior or {}, taste_rate, config.genre_taste_strength
+                state, genre_prior or {}, taste_rate, config.genre_taste_strength, only_genres
             ).items()
         }
     if style_pull:
@@ -238,14 +240,22 @@ def click_model_logit(row: Sequence[float], base_logit: float) -> float:
 
 
 def genre_taste_rates(
-    state: UserState, genre_prior: Mapping[str, float], taste_rate: float, strength: float
+    state: UserState,
+    genre_prior: Mapping[str, float],
+    taste_rate: float,
+    strength: float,
+    only_genres: Collection[str] | None = None,
 ) -> dict[str, float]:
     """The user's engagement rate per genre: own evidence over ``strength`` looks at the
     genre's population rate (``taste_rate`` for a genre without one). Every genre of the
-    prior gets a rate, so a genre the user never saw starts where the population is."""
+    prior gets a rate, so a genre the user never saw starts where the population is;
+    ``only_genres`` keeps just those of them."""
     rates = {}
     evidence = state.genre_evidence
-    for genre in sorted(genre_prior.keys() | evidence.keys()):
+    genres = genre_prior.keys() | evidence.keys()
+    if only_genres is not None:
+        genres &= set(only_genres)
+    for genre in sorted(genres):
         prior = genre_prior.get(genre, taste_rate)
         engaged, examined = evidence.get(genre, _NO_EVIDENCE)
         rates[genre] = (engaged + strength * prior) / (examined + strength)

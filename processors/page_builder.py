@@ -154,16 +154,37 @@ class PageBuilder:
     def item_features(self, state: UserState, item_id: str, now: int) -> list[float]:
         """Feature row for one item without the kNN signal (cheap; used when no page is cached)."""
         self.items.sync(self.catalog)
-        context = self._context(state, now, knn_max=0.0)
+        item = self.catalog.get(item_id)
+        # Only what rank_features reads of the context: this item's genres and styles.
+        wanted = (item.genres, item.artwork_styles) if item is not None else ((), ())
+        context = self._context(state, now, knn_max=0.0, only=wanted)
         signals = CandidateSignals(
             trending_score=self.trending.score(item_id, now),
             resume_progress=state.continue_watching.get(item_id, 0.0),
             item_lift=float(self.engagement.item_lifts([item_id])[0]),
         )
-        return rank_features(state, context, item_id, self.catalog.get(item_id), signals)
+        return rank_features(state, context, item_id, item, signals)
 
-    def _context(self, state: UserState, now: int, knn_max: float) -> RankingContext:
-        """The page's ranking context: the user's taste against the population's rates."""
+    def _context(
+        self,
+        state: UserState,
+        now: int,
+        knn_max: float,
+        *,
+        only: tuple[Sequence[str], Sequence[str]] | None = None,
+    ) -> RankingContext:
+        """The page's ranking context: the user's taste against the population's rates.
+
+        ``only`` (genres, artwork styles) limits the lifts to those: one item's row (the label
+        fallback) needs no more, and each genre's and style's lift is computed on its own as
+        for a page, so the values are the same at a third of the cost.
+        """
+        style_col = self.items.style_col
+        styles: list[str] = list(style_col)
+        only_genres = None
+        if only is not None:
+            only_genres, only_styles = only
+            styles = [style for style in only_styles if style in style_col]
         return ranking_context(
             state,
             now,
@@ -173,11 +194,12 @@ class PageBuilder:
             click_rate=self.engagement.click_rate,
             genre_prior=self.engagement.genre_rates(),
             style_pull=self.bandit.user_style_multipliers(
-                list(self.items.style_col),
+                styles,
                 context=state.device or "",
                 taste=state.style_evidence,
                 strength=self.config.style_taste_strength,
             ),
+            only_genres=only_genres,
         )
 
     # -- pages ---------------------------------------------------------------------------
