@@ -665,7 +665,8 @@ class SessionKNN:
             return None
         if len(holders) == 1:
             candidates = holders[0]
-            similarity = np.full(len(candidates), weights[0])
+            similarity = np.empty(len(candidates))  # np.full, without its Python wrapper
+            similarity.fill(weights[0])
             return candidates, similarity, similarity * steps[0]
         sizes = [len(slots) for slots in holders]
         slots = np.concatenate(holders)

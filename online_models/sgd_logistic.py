@@ -103,7 +103,11 @@ class ScaledSGDLogistic:
     def learn(self, x: Sequence[float], y: bool) -> None:
         """One SGD step on a finite row (the caller checks finiteness)."""
         counts, means, variances = self.counts, self.means, self.variances
+        weights = self.weights
+        if weights is None:
+            weights = self.weights = [0.0] * self.n_features
         scaled = [0.0] * self.n_features
+        total = 0.0  # the logit's dot product, accumulated in feature order as it goes
         for i, xi in enumerate(x):
             count = counts[i] + 1
             counts[i] = count
@@ -113,13 +117,9 @@ class ScaledSGDLogistic:
             old_var = variances[i]
             var = old_var + ((xi - old_mean) * (xi - mean) - old_var) / count
             variances[i] = var
-            scaled[i] = (xi - mean) / var**0.5 if var else 0.0
-        weights = self.weights
-        if weights is None:
-            weights = self.weights = [0.0] * self.n_features
-        total = 0.0
-        for weight, value in zip(weights, scaled, strict=True):
-            total += weight * value
+            value = (xi - mean) / var**0.5 if var else 0.0
+            scaled[i] = value
+            total += weights[i] * value
         gradient = _log_loss_gradient(bool(y), total + self.intercept)
         self.intercept -= self.intercept_lr * gradient
         lr, l2 = self.lr, self.l2
