@@ -11,6 +11,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -46,6 +47,9 @@ _NO_EVIDENCE = (0.0, 0.0)
 #: (3 titles on a phone, 5 on a TV, 6 on the web).
 _SPREAD_SLOTS = 6
 
+
+#: The id of a ``(-score, item_id)`` pair.
+_second = itemgetter(1)
 
 _set_item_id = PageItem.__dict__["item_id"].__set__
 _set_score = PageItem.__dict__["score"].__set__
@@ -270,13 +274,12 @@ class PageBuilder:
                     )
                 )
 
-        trending_top = self.trending.top(max(config.trending_candidates * 4, 100), now)
-        trending_ids = [item_id for item_id, _ in trending_top]
+        trending_ids = self.trending.top_ids(max(config.trending_candidates * 4, 100))
         trending_row = trending_ids[: config.trending_candidates]
         candidates.update(dict.fromkeys(trending_row))
         plans.append(_RowPlan("trending", "Trending now", trending_row))
 
-        if len(trending_top) < config.row_size:
+        if len(trending_ids) < config.row_size:
             newest = self.catalog.newest(config.trending_candidates)
             candidates.update(dict.fromkeys(newest))
             plans.append(_RowPlan("new-arrivals", "New arrivals", newest))
@@ -304,7 +307,7 @@ class PageBuilder:
             return (), (), np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
 
         item_ids = list(candidates)
-        position = {item_id: k for k, item_id in enumerate(item_ids)}
+        position = dict(zip(item_ids, range(len(item_ids)), strict=True))
         rows = self.items.rows(item_ids)
         features = rank_feature_matrix(
             state,
@@ -317,12 +320,12 @@ class PageBuilder:
             position,
             self.engagement.item_lifts(item_ids),
         )
-        scores = self._scores(features).tolist()
-        score_of = dict(zip(item_ids, scores, strict=True))
+        score_array = self._scores(features)
+        score_of = dict(zip(item_ids, score_array.tolist(), strict=True))
         # One sort of (-score, item_id) gives every row its order: ranks are a total order.
-        ranked = sorted(zip([-score for score in scores], item_ids, strict=True))
-        best = [item_id for _, item_id in ranked]
-        rank_of = {item_id: rank for rank, item_id in enumerate(best)}
+        ranked = sorted(zip((-score_array).tolist(), item_ids, strict=True))
+        best = list(map(_second, ranked))
+        rank_of = dict(zip(best, range(len(best)), strict=True))
         top_picks = self._diversified(best, score_of, config.row_size * 2)
         plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
         arranged = self._arrange(plans, score_of, rank_of)

@@ -160,3 +160,12 @@ def test_state_round_trip_through_json_answers_identically() -> None:
 def test_unknown_state_versions_are_refused() -> None:
     with pytest.raises(ValueError, match="version"):
         Trending.from_state({**Trending().to_state(), "version": 999})
+
+
+def test_top_ids_are_tops_ids_at_any_time() -> None:
+    trending = Trending(half_life_ms=60_000, top_cache_size=20)
+    for k in range(300):
+        trending.add(f"i{(k * 7) % 53}", 1_000 * k, 1.0 + (k % 3))
+    for n in (0, 1, 10, 20, 21, 100):
+        for now in (300_000, 900_000):
+            assert trending.top_ids(n) == [item_id for item_id, _ in trending.top(n, now)]
