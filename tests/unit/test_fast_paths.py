@@ -28,6 +28,7 @@ from processors.features import (
 from processors.page_builder import PageBuilder
 from processors.user_state import EventIdWindow, UserState
 from schemas.messages import CatalogItem
+from stream.bench.engine_alone import _process_batch, _World
 
 T0 = 1_700_000_000_000
 GENRES = ("horror", "comedy", "drama", "scifi", "anime")
@@ -236,3 +237,39 @@ def test_one_item_context_gives_the_page_contexts_row(seed: int) -> None:
         )
         expected = rank_features(state, full, item_id, item, signals)
         assert builder.item_features(state, item_id, T0) == expected, item_id
+
+
+def test_pages_reusing_the_trending_order_equal_pages_built_afresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The page parts memoized per trending order (`PageBuilder._from_trending`) change no
+    page: the same closed-loop traffic with the memo dropped before every page gives the same
+    pages and the same learned models."""
+    remembered = PageBuilder._from_trending
+    reused = [0]
+
+    def counting(self: PageBuilder, trending_ids: list[str]) -> object:
+        reused[0] += self._trending_memo is not None and self._trending_memo.ids == trending_ids
+        return remembered(self, trending_ids)
+
+    def afresh(self: PageBuilder, trending_ids: list[str]) -> object:
+        self._trending_memo = None
+        return remembered(self, trending_ids)
+
+    def run(from_trending: object) -> tuple[list[str], object]:
+        monkeypatch.setattr(PageBuilder, "_from_trending", from_trending)
+        world = _World(users=150, seed=2, config=EngineConfig())
+        served: list[str] = []
+        queue: list[tuple[bytes, int, bool]] = []
+        while len(served) < 400:
+            while len(queue) < 40:
+                queue.extend(world.next_reaction())
+            batch, queue = queue[:40], queue[40:]
+            for page in _process_batch(world, batch):
+                world.pages[page.user_id] = page
+                served.append(repr(page))
+        monkeypatch.undo()
+        return served, world.engine.model_states()
+
+    assert run(counting) == run(afresh)
+    assert reused[0] > 100
