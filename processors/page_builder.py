@@ -33,6 +33,7 @@ from processors.ports import (
     NextItemIndex,
     Popularity,
 )
+from processors.rounding import round6
 from processors.user_state import UserState
 from schemas.messages import Page, PageItem, PageRow
 
@@ -391,7 +392,7 @@ class PageBuilder:
         chosen = self._artworks(placed_ids, placed_rows, state, recommendation_id)
         rows = []
         start = 0
-        rounded = round
+        rounded = round6
         for plan, items in arranged:
             end = start + len(items)
             rows.append(
@@ -400,7 +401,7 @@ class PageBuilder:
                     plan.title,
                     tuple(
                         [
-                            _page_item(item_id, rounded(score, 6), artwork_id)
+                            _page_item(item_id, rounded(score), artwork_id)
                             for (item_id, score), artwork_id in zip(
                                 items, chosen[start:end], strict=True
                             )
