@@ -106,7 +106,9 @@ class BlendedRanker:
     def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
         """Blended click probabilities of many rows."""
         X = np.asarray(X, dtype=np.float64)
-        prior = 1.0 / (1.0 + np.exp(-np.clip(X[:, self._prior_index], -30.0, 30.0)))
+        # np.clip's bounds, as two ufuncs: the same values without np.clip's Python dispatch.
+        clipped = np.minimum(np.maximum(X[:, self._prior_index], -30.0), 30.0)
+        prior = 1.0 / (1.0 + np.exp(-clipped))
         weight = self.learned_weight
         if weight < 1e-6:
             return prior

@@ -401,11 +401,18 @@ class ItemTable:
                 vector[index] = weight
         return vector
 
-    def best_genre_values(self, rows: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
+    def best_genre_values(
+        self,
+        rows: np.ndarray,
+        values: Mapping[str, float],
+        hits: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Per row, the largest of ``values`` over the item's genres (absent genres count 0;
-        0 for items without genres)."""
+        0 for items without genres). ``hits`` is ``genre_hits[rows]`` when the caller has it."""
         vector = self.affinity_vector(values)
-        best = np.where(self.genre_hits[rows] > 0.0, vector, -np.inf).max(axis=1)
+        if hits is None:
+            hits = self.genre_hits[rows]
+        best = np.where(hits > 0.0, vector, -np.inf).max(axis=1)
         best[np.isneginf(best)] = 0.0
         return best
 
@@ -514,11 +521,13 @@ def rank_feature_matrix(
         return features
     if position is None:
         position = {item_id: k for k, item_id in enumerate(item_ids)}
+    hits = table.genre_hits[rows] if context.genre_lift or context.affinity else None
     if context.genre_lift:
-        features[:, 0] = table.best_genre_values(rows, context.genre_lift)
+        features[:, 0] = table.best_genre_values(rows, context.genre_lift, hits)
     if context.affinity:
+        assert hits is not None
         vector = table.affinity_vector(context.affinity)
-        affinity = table.genre_hits[rows] @ vector
+        affinity = hits @ vector
         affinity /= table.genre_count[rows]
         # math.tanh, not np.tanh: numpy's SIMD tanh differs in the last bit for ~1/3 of
         # inputs, and ties between rows are broken on these values.
