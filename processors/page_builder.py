@@ -354,11 +354,10 @@ class PageBuilder:
         plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
         arranged = self._arrange(plans, score_of, rank_of)
         placed = tuple([item_id for _, items in arranged for item_id, _ in items])
-        placed_rows = [position[item_id] for item_id in placed]
-        page_rows = self._with_artworks(
-            arranged, placed, rows[placed_rows], state, recommendation_id
-        )
-        return page_rows, placed, features[placed_rows].astype(np.float32)
+        # Candidate indices of the placed items, as one index array for both gathers.
+        placed_at = np.array([position[item_id] for item_id in placed], dtype=np.intp)
+        page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
+        return page_rows, placed, features[placed_at].astype(np.float32)
 
     def _from_trending(self, trending_ids: list[str]) -> _TrendingDerived:
         """What the page takes from the trending order alone, reused while it stands.
