@@ -542,7 +542,11 @@ def rank_feature_matrix(
         scores = np.array([score for _, score in knn], dtype=np.float64)
         features[at, 4] = scores / context.knn_max
         features[at, 5] = scores > 0  # (a non-positive best kNN score means no kNN signal)
-    features[:, 6] = np.log1p(np.array(trending_scores, dtype=np.float64))
+    # math.log1p, not np.log1p, as for tanh above: numpy's SIMD log1p (AVX-512 builds) differs
+    # in the last bit for ~5% of inputs, so rows would depend on the CPU and differ from
+    # `rank_features`' (which label fallbacks learn from).
+    log1p = math.log1p
+    features[:, 6] = [log1p(score) for score in trending_scores]
     resume = state.continue_watching
     if resume:
         for item_id, progress in resume.items():
@@ -577,4 +581,5 @@ def _count_column(
             at.append(k)
             values.append(count)
     if at:
-        features[at, column] = np.log1p(np.array(values, dtype=np.float64))
+        log1p = math.log1p  # not np.log1p: see rank_feature_matrix
+        features[at, column] = [log1p(value) for value in values]
