@@ -546,7 +546,7 @@ def rank_feature_matrix(
     # in the last bit for ~5% of inputs, so rows would depend on the CPU and differ from
     # `rank_features`' (which label fallbacks learn from).
     log1p = math.log1p
-    features[:, 6] = [log1p(score) for score in trending_scores]
+    features[:, 6] = list(map(log1p, trending_scores))
     resume = state.continue_watching
     if resume:
         for item_id, progress in resume.items():
@@ -582,4 +582,4 @@ def _count_column(
             values.append(count)
     if at:
         log1p = math.log1p  # not np.log1p: see rank_feature_matrix
-        features[at, column] = [log1p(value) for value in values]
+        features[at, column] = list(map(log1p, values))
