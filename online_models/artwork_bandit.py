@@ -354,10 +354,15 @@ class ArtworkBandit:
         priors = None
         if explore and styles:
             ordered = sorted(styles)
-            posteriors = np.array([self._style_posterior(style, context) for style in ordered])
             self._reseed(draw_key, "\x00styles")
-            drawn = self._generator.gamma(posteriors[:, 0], 1.0 / posteriors[:, 1]).tolist()
-            priors = dict(zip(ordered, drawn, strict=True))
+            # One standard-gamma draw per style, times the scale: numpy's gamma(shape, scale)
+            # is exactly ``scale * standard_gamma(shape)`` on the same stream, and for the
+            # handful of styles a page has, scalar draws cost less than broadcasting arrays.
+            standard_gamma = self._generator.standard_gamma
+            priors = {}
+            for style in ordered:
+                shape, rate = self._style_posterior(style, context)
+                priors[style] = float(standard_gamma(shape) * (1.0 / rate))
         return self.user_style_multipliers(
             styles, context=context, taste=taste, strength=strength, priors=priors
         )

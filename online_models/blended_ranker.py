@@ -106,7 +106,9 @@ class BlendedRanker:
     def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
         """Blended click probabilities of many rows."""
         X = np.asarray(X, dtype=np.float64)
-        prior = 1.0 / (1.0 + np.exp(-np.clip(X[:, self._prior_index], -30.0, 30.0)))
+        # np.clip's bounds, as two ufuncs: the same values without np.clip's Python dispatch.
+        clipped = np.minimum(np.maximum(X[:, self._prior_index], -30.0), 30.0)
+        prior = 1.0 / (1.0 + np.exp(-clipped))
         weight = self.learned_weight
         if weight < 1e-6:
             return prior
@@ -116,6 +118,10 @@ class BlendedRanker:
         """Blended click probability of one row given by name."""
         row = np.array([[float(x[name]) for name in self.feature_names]])
         return float(self.predict_proba_many(row)[0])
+
+    def predict_proba_vector(self, x: Sequence[float]) -> float:
+        """Blended click probability of one row given in `feature_names` order."""
+        return float(self.predict_proba_many(np.array([x], dtype=np.float64))[0])
 
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
         """The regression's per-feature share of its logit (see `OnlineLogistic`)."""
@@ -133,10 +139,11 @@ class BlendedRanker:
         if vector.shape != (len(self.feature_names),):
             raise ValueError(f"x must hold {len(self.feature_names)} values, got {vector.shape}")
         prior = _sigmoid(float(vector[self._prior_index]))
-        learned = float(self.learned.predict_proba_many(vector[None, :])[0])
+        learned = self.learned.predict_proba_row(vector)
         self.loss_prior = self.decay * self.loss_prior + _log_loss(prior, y)
         self.loss_learned = self.decay * self.loss_learned + _log_loss(learned, y)
-        self.learned.learn_vector(vector, y)
+        # A list of floats is what the learner works on: hand it over without a round trip.
+        self.learned.learn_vector(x if isinstance(x, list) else vector, y)
 
     # -- state -----------------------------------------------------------------------------
 

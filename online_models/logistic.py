@@ -1,4 +1,4 @@
-"""Online logistic regression: River learns one event at a time, numpy scores whole pages."""
+"""Online logistic regression: learned one event at a time, whole pages scored with numpy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from river import compose, linear_model, optim, preprocessing, utils
+
+from online_models.sgd_logistic import ScaledSGDLogistic
 
 __all__ = ["OnlineLogistic"]
 
@@ -21,13 +22,13 @@ _SIGMOID_CLAMP = 30.0
 class OnlineLogistic:
     """Logistic regression over a fixed, ordered set of features, learned online.
 
-    River is the learner: a ``StandardScaler | LogisticRegression`` pipeline trained with plain
-    SGD, one served feature vector at a time. Scoring a 200-candidate page through River's dict
-    API takes a loop of 200 ``predict_proba_one`` calls (2.5 ms on the dev box), so
-    `predict_proba_many` scores the matrix with numpy from the pipeline's *current* scaler
-    statistics and weights instead (26 µs there); both paths agree to ~1e-15. The numpy path
-    relies on River's order in ``learn_one`` (scaler learns x, then scales it, then the
-    classifier learns): River is pinned and a test pins that order.
+    The learner is River's ``StandardScaler | LogisticRegression`` pipeline trained with plain
+    SGD, one served feature vector at a time, written out over plain lists
+    (`online_models.sgd_logistic`: the same operations in the same order, so bit for bit
+    River's numbers, at a fraction of the cost of River's per-call dict plumbing; the engine
+    learns or scores a row on most events). Scoring a 200-candidate page row by row would
+    still be a Python loop, so `predict_proba_many` scores the matrix with numpy from the
+    *current* scaler statistics and weights instead; both paths agree to ~1e-15.
 
     The intercept learns at the same rate as the weights (River's default is a fixed 0.01):
     on a seeded 20-feature stream with a 12% base rate, a wrong ``prior_intercept`` (0) cost
@@ -91,16 +92,10 @@ class OnlineLogistic:
         self.l2 = float(l2)
         self.prior_intercept = float(prior_intercept)
         self.n_learned = 0
-        self._scaler = preprocessing.StandardScaler()
-        self._classifier = linear_model.LogisticRegression(
-            optimizer=optim.SGD(self.lr),
-            l2=self.l2,
-            intercept_init=self.prior_intercept,
-            intercept_lr=self.lr,
+        # River's pipeline, by hand; the intercept learns at ``lr`` too (see above).
+        self._core = ScaledSGDLogistic(
+            len(names), lr=self.lr, l2=self.l2, intercept=self.prior_intercept, intercept_lr=self.lr
         )
-        # On learn_one the pipeline runs scaler.learn_one, scaler.transform_one, then
-        # classifier.learn_one: the gradient sees x scaled by stats that already include x.
-        self._pipeline = compose.Pipeline(self._scaler, self._classifier)
         # (means, weights / stds, intercept), rebuilt lazily after each learn: a page is
         # scored more often than the model learns, and the rebuild costs ~25 µs.
         self._scoring: tuple[np.ndarray, np.ndarray, float] | None = None
@@ -114,7 +109,7 @@ class OnlineLogistic:
     # Scoring
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:
-        """Probability of a positive label for one row, through River.
+        """Probability of a positive label for one row, River's arithmetic (see the class).
 
         Parameters
         ----------
@@ -127,8 +122,19 @@ class OnlineLogistic:
             The probability of ``True``.
 
         """
-        proba = self._pipeline.predict_proba_one(self._row(x))
-        return float(proba[True])
+        return self._core.predict_proba(list(self._row(x).values()))
+
+    def predict_proba_vector(self, x: Sequence[float]) -> float:
+        """`predict_proba_one` of a row given as values in `feature_names` order.
+
+        The churn check's path: its feature vector already is in that order, and building a
+        dict per event to hand it over cost more than the scoring.
+        """
+        if len(x) != len(self.feature_names):
+            raise ValueError(
+                f"x must hold {len(self.feature_names)} values in feature_names order, got {len(x)}"
+            )
+        return self._core.predict_proba(x)
 
     def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
         """Probabilities of a positive label for many rows, vectorized.
@@ -175,6 +181,27 @@ class OnlineLogistic:
             proba[logits < -_SIGMOID_CLAMP] = 0.0
             proba[logits > _SIGMOID_CLAMP] = 1.0
         return proba
+
+    def predict_proba_row(self, row: np.ndarray) -> float:
+        """``predict_proba_many(row[None, :])[0]`` bit for bit, without its per-call checks.
+
+        The ranker scores every label before learning it (``BlendedRanker.learn_vector``);
+        that score must be the page path's, to the last bit, and the generic path's shape
+        checks and min/max reductions cost more than the arithmetic on one row. ``row`` is a
+        float64 vector in `feature_names` order.
+        """
+        means, scaled_weights, intercept = self._scoring_arrays()
+        negated: np.ndarray = (means - row[None, :]) @ scaled_weights
+        negated -= intercept
+        value = negated[0]
+        if value > _SIGMOID_CLAMP:  # the logit is below -30: River's sigmoid says 0
+            return 0.0
+        if value < -_SIGMOID_CLAMP:
+            return 1.0
+        proba = np.exp(negated, out=negated)
+        proba += 1.0
+        np.reciprocal(proba, out=proba)
+        return float(proba[0])
 
     def raw_weight(self, name: str) -> float:
         """The logit's slope in one feature's raw (unscaled) units: weight / std.
@@ -230,13 +257,7 @@ class OnlineLogistic:
 
         """
         row = self._row(x)
-        if not all(map(math.isfinite, row.values())):
-            bad = sorted(name for name, value in row.items() if not math.isfinite(value))
-            raise ValueError(f"refusing to learn from non-finite features: {bad}")
-        # River's learn_one returns None and updates in place: never reassign the model.
-        self._pipeline.learn_one(row, bool(y))
-        self.n_learned += 1
-        self._scoring = None
+        self._learn_values(list(row.values()), y)
 
     def learn_vector(self, x: np.ndarray | Sequence[float], y: bool) -> None:
         """Learn from one row given as values in `feature_names` order.
@@ -249,13 +270,34 @@ class OnlineLogistic:
             Whether the outcome was positive.
 
         """
-        vector = np.asarray(x, dtype=np.float64)
-        if vector.shape != (len(self.feature_names),):
+        if isinstance(x, np.ndarray):
+            if x.ndim != 1:
+                raise ValueError(
+                    f"x must hold {len(self.feature_names)} values in feature_names order, "
+                    f"got shape {x.shape}"
+                )
+            values = x.astype(np.float64, copy=False).tolist()
+        else:
+            values = [float(value) for value in x]
+        if len(values) != len(self.feature_names):
             raise ValueError(
                 f"x must hold {len(self.feature_names)} values in feature_names order, "
-                f"got shape {vector.shape}"
+                f"got shape ({len(values)},)"
             )
-        self.learn_one(dict(zip(self.feature_names, vector.tolist(), strict=True)), y)
+        self._learn_values(values, y)
+
+    def _learn_values(self, values: list[float], y: bool) -> None:
+        """Learn one row of floats in `feature_names` order, refusing non-finite values."""
+        if not all(map(math.isfinite, values)):
+            bad = sorted(
+                name
+                for name, value in zip(self.feature_names, values, strict=True)
+                if not math.isfinite(value)
+            )
+            raise ValueError(f"refusing to learn from non-finite features: {bad}")
+        self._core.learn(values, bool(y))
+        self.n_learned += 1
+        self._scoring = None
 
     # State
 
@@ -269,24 +311,24 @@ class OnlineLogistic:
             step count and `n_learned`; per-feature lists follow `feature_names` order.
 
         """
-        names = self.feature_names
-        weights = self._classifier.weights
+        core = self._core
+        weights = core.weights if core.weights is not None else [0.0] * len(self.feature_names)
         return {
             "kind": _STATE_KIND,
             "state_version": _STATE_VERSION,
-            "feature_names": list(names),
+            "feature_names": list(self.feature_names),
             "lr": self.lr,
             "l2": self.l2,
             "prior_intercept": self.prior_intercept,
             "n_learned": self.n_learned,
             "scaler": {
-                "counts": [int(self._scaler.counts.get(name, 0)) for name in names],
-                "means": [float(self._scaler.means.get(name, 0.0)) for name in names],
-                "vars": [float(self._scaler.vars.get(name, 0.0)) for name in names],
+                "counts": list(core.counts),
+                "means": list(core.means),
+                "vars": list(core.variances),
             },
-            "weights": [float(weights.get(name, 0.0)) for name in names],
-            "intercept": float(self._classifier.intercept),
-            "optimizer_steps": int(self._classifier.optimizer.n_iterations),
+            "weights": list(weights),
+            "intercept": float(core.intercept),
+            "optimizer_steps": int(core.steps),
         }
 
     @classmethod
@@ -352,25 +394,24 @@ class OnlineLogistic:
             if len(values) != len(names):
                 raise ValueError(f"{label} has {len(values)} entries for {len(names)} features")
 
-        for name, count, mean, var in zip(names, counts, means, variances, strict=True):
-            # Unseen features stay absent, as in a model that never learned them.
+        core = model._core
+        for index, (count, mean, var) in enumerate(zip(counts, means, variances, strict=True)):
+            # Unseen features stay at zero statistics, as in a model that never learned them.
             if count:
-                model._scaler.counts[name] = count
-                model._scaler.means[name] = mean
-                model._scaler.vars[name] = var
+                core.counts[index] = count
+                core.means[index] = mean
+                core.variances[index] = var
         if n_learned:
-            # Insertion order follows feature_names, like the weights River creates from our
-            # ordered rows, so sums run in the same order and restored scores match exactly.
-            model._classifier._weights = utils.VectorDict(dict(zip(names, weights, strict=True)))
-        model._classifier.intercept = intercept
-        model._classifier.optimizer.n_iterations = optimizer_steps
+            core.weights = weights
+        core.intercept = intercept
+        core.steps = optimizer_steps
         model.n_learned = n_learned
         return model
 
     # Helpers
 
     def _row(self, x: Mapping[str, float]) -> dict[str, float]:
-        """The row as floats in `feature_names` order (River sums in the row's order)."""
+        """The row as floats in `feature_names` order (sums run in that order)."""
         try:
             return {name: float(x[name]) for name in self.feature_names}
         except KeyError as exc:
@@ -382,22 +423,18 @@ class OnlineLogistic:
         if self._scoring is None:
             # Plain Python over the ~20 features, then two arrays: cheaper than building
             # five small arrays (sqrt and division round the same as numpy's).
-            names = self.feature_names
-            scaler_means = self._scaler.means
-            scaler_vars = self._scaler.vars
-            weights = self._classifier.weights
-            means = [float(scaler_means.get(name, 0.0)) for name in names]
-            scaled_weights = []
-            for name in names:
-                variance = float(scaler_vars.get(name, 0.0))
-                # River scales a zero-variance feature to 0: a zero weight does the same.
-                scaled_weights.append(
-                    float(weights.get(name, 0.0)) / math.sqrt(variance) if variance != 0.0 else 0.0
-                )
+            core = self._core
+            means = [float(mean) for mean in core.means]
+            weights = core.weights or [0.0] * len(means)
+            scaled_weights = [
+                # A zero-variance feature scales to 0 (River's rule): a zero weight does the same.
+                float(weight) / math.sqrt(variance) if variance != 0.0 else 0.0
+                for weight, variance in zip(weights, core.variances, strict=True)
+            ]
             self._scoring = (
                 np.array(means),
                 np.array(scaled_weights),
-                float(self._classifier.intercept),
+                float(core.intercept),
             )
         return self._scoring
 

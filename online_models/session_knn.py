@@ -26,6 +26,8 @@ _STATE_VERSION = 1
 _TINY = 5e-324
 #: Low 32 bits of a packed ``click_no << 32 | item`` pair.
 _ITEM_MASK = np.int64(0xFFFFFFFF)
+#: Up to this many changed sessions, `SessionKNN._refresh` stores scalars, not arrays.
+_FEW_DIRTY = 4
 #: "No query item yet" in the per-slot scratch array of the first shared query item.
 _NO_PART = np.iinfo(np.int64).max
 #: 0, 1, 2, ... sliced rather than rebuilt for the common short ranges (read-only).
@@ -464,6 +466,9 @@ class SessionKNN:
         slots = list(self._dirty)
         self._dirty.clear()
         items_of = self._items_of
+        if len(slots) <= _FEW_DIRTY:
+            self._refresh_few(slots)
+            return
         sizes = np.fromiter(map(len, map(items_of.__getitem__, slots)), np.int64, len(slots))
         total = int(sizes.sum())
         packed = np.fromiter(
@@ -482,6 +487,30 @@ class SessionKNN:
         self._flat_live += total - int(self._n_items[where].sum())
         self._n_items[where] = sizes
         self._flat_used += total
+
+    def _refresh_few(self, slots: list[int]) -> None:
+        """`_refresh` for a handful of changed sessions, the usual case between two pages:
+        the same layout (the sessions' items appended in ``slots`` order) written with a few
+        scalar stores instead of a dozen whole-array numpy calls."""
+        items_of = self._items_of
+        packed = [
+            [(click_no << 32) | iid for iid, click_no in items_of[slot].items()] for slot in slots
+        ]
+        total = sum(map(len, packed))
+        if self._flat_used + total > len(self._flat):
+            self._compact(2 * (self._flat_live + total) + 1024)
+        flat, start, n_items = self._flat, self._start, self._n_items
+        used = self._flat_used
+        live = self._flat_live
+        for slot, entries in zip(slots, packed, strict=True):
+            size = len(entries)
+            flat[used : used + size] = entries
+            start[slot] = used
+            live += size - int(n_items[slot])
+            n_items[slot] = size
+            used += size
+        self._flat_used = used
+        self._flat_live = live
 
     def _compact(self, size: int) -> None:
         """Reallocate ``_flat`` with ``size`` entries, keeping only the live ones."""
@@ -636,7 +665,8 @@ class SessionKNN:
             return None
         if len(holders) == 1:
             candidates = holders[0]
-            similarity = np.full(len(candidates), weights[0])
+            similarity = np.empty(len(candidates))  # np.full, without its Python wrapper
+            similarity.fill(weights[0])
             return candidates, similarity, similarity * steps[0]
         sizes = [len(slots) for slots in holders]
         slots = np.concatenate(holders)

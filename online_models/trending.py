@@ -139,6 +139,18 @@ class Trending:
             ranked = sorted((-v, i) for i, v in self._value_of.items())[:n]
         return [(item_id, -neg * factor) for neg, item_id in ranked]
 
+    def top_ids(self, n: int) -> list[str]:
+        """The ids of `top` (the order does not depend on ``now``), without the scores.
+
+        A page reads only the order of its trending candidates; the decayed score of each is
+        another multiplication and tuple per item, ~100 per page.
+        """
+        if n <= 0 or not self._value_of:
+            return []
+        if n <= self.top_cache_size:
+            return [item_id for _, item_id in self._leaders[:n]]
+        return [item_id for _, item_id in sorted((-v, i) for i, v in self._value_of.items())[:n]]
+
     def _decay_to(self, now: int) -> float:
         assert self._landmark_ts is not None
         # A query far before the landmark (a clock behind the events by more than 512

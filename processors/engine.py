@@ -287,13 +287,10 @@ class Engine:
                 f"ts_out_of_range: ts {event.ts} is {event.ts - now} ms ahead of the clock "
                 f"(limit {config.max_future_skew_ms} ms)"
             )
-        if (
-            state is not None
-            and state.session_events
-            and event.event_id not in state.recent_event_ids
-        ):
+        if state is not None and state.session_events:
             behind = state.last_ts - event.ts
-            if behind > config.late_grace_ms:
+            # The duplicate check second: `process` checks it anyway, and few events are late.
+            if behind > config.late_grace_ms and event.event_id not in state.recent_event_ids:
                 return (
                     f"late_event: ts is {behind} ms behind the user's latest event "
                     f"(grace {config.late_grace_ms} ms)"
@@ -500,8 +497,7 @@ class Engine:
         vector = session_features(state, event.ts, config)
         state.add_churn_snapshot(vector, config.churn_snapshots)
         churn = self.models.churn
-        named = dict(zip(SESSION_FEATURE_NAMES, vector, strict=True))
-        risk = churn.predict_proba_one(named)
+        risk = churn.predict_proba_vector(vector)
         state.churn_risk = risk
         if state.churn_alerted:
             if risk < config.churn_rearm:
@@ -510,6 +506,7 @@ class Engine:
         if risk < config.churn_threshold or churn.n_learned < config.churn_min_labels:
             return None
         state.churn_alerted = True
+        named = dict(zip(SESSION_FEATURE_NAMES, vector, strict=True))
         reasons = tuple(name for name, weight in churn.contributions(named)[:3] if weight > 0)
         self.counters["churn_alerts"] += 1
         return ChurnAlert(

@@ -7,7 +7,7 @@ the vectors the learners see, so a model snapshot and the code that feeds it alw
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +189,7 @@ def ranking_context(
     genre_prior: Mapping[str, float] | None = None,
     style_pull: Mapping[str, float] | None = None,
     click_rate: float = 0.1,
+    only_genres: Collection[str] | None = None,
 ) -> RankingContext:
     """Compute the per-page part of the ranking features.
 
@@ -196,7 +197,8 @@ def ranking_context(
     genre's rate among everyone who looked at it (the user's own evidence is weighed against
     it: `genre_taste_rates`); ``style_pull`` each artwork style's multiplier for this user
     (``ArtworkBandit.user_style_multipliers``). Without a base rate the genre lifts are all
-    neutral.
+    neutral. ``only_genres`` limits the genre lifts to those genres (one item's row needs no
+    more; each genre's lift is computed on its own, so the values are the same).
     """
     affinity = decayed_affinity(state, now, config.genre_half_life_ms)
     genre_lift: dict[str, float] = {}
@@ -205,7 +207,7 @@ def ranking_context(
         genre_lift = {
             genre: math.log(rate / taste_rate)
             for genre, rate in genre_taste_rates(
-                state, genre_prior or {}, taste_rate, config.genre_taste_strength
+                state, genre_prior or {}, taste_rate, config.genre_taste_strength, only_genres
             ).items()
         }
     if style_pull:
@@ -238,14 +240,22 @@ def click_model_logit(row: Sequence[float], base_logit: float) -> float:
 
 
 def genre_taste_rates(
-    state: UserState, genre_prior: Mapping[str, float], taste_rate: float, strength: float
+    state: UserState,
+    genre_prior: Mapping[str, float],
+    taste_rate: float,
+    strength: float,
+    only_genres: Collection[str] | None = None,
 ) -> dict[str, float]:
     """The user's engagement rate per genre: own evidence over ``strength`` looks at the
     genre's population rate (``taste_rate`` for a genre without one). Every genre of the
-    prior gets a rate, so a genre the user never saw starts where the population is."""
+    prior gets a rate, so a genre the user never saw starts where the population is;
+    ``only_genres`` keeps just those of them."""
     rates = {}
     evidence = state.genre_evidence
-    for genre in sorted(genre_prior.keys() | evidence.keys()):
+    genres = genre_prior.keys() | evidence.keys()
+    if only_genres is not None:
+        genres &= set(only_genres)
+    for genre in sorted(genres):
         prior = genre_prior.get(genre, taste_rate)
         engaged, examined = evidence.get(genre, _NO_EVIDENCE)
         rates[genre] = (engaged + strength * prior) / (examined + strength)
@@ -391,11 +401,18 @@ class ItemTable:
                 vector[index] = weight
         return vector
 
-    def best_genre_values(self, rows: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
+    def best_genre_values(
+        self,
+        rows: np.ndarray,
+        values: Mapping[str, float],
+        hits: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Per row, the largest of ``values`` over the item's genres (absent genres count 0;
-        0 for items without genres)."""
+        0 for items without genres). ``hits`` is ``genre_hits[rows]`` when the caller has it."""
         vector = self.affinity_vector(values)
-        best = np.where(self.genre_hits[rows] > 0.0, vector, -np.inf).max(axis=1)
+        if hits is None:
+            hits = self.genre_hits[rows]
+        best = np.where(hits > 0.0, vector, -np.inf).max(axis=1)
         best[np.isneginf(best)] = 0.0
         return best
 
@@ -504,11 +521,13 @@ def rank_feature_matrix(
         return features
     if position is None:
         position = {item_id: k for k, item_id in enumerate(item_ids)}
+    hits = table.genre_hits[rows] if context.genre_lift or context.affinity else None
     if context.genre_lift:
-        features[:, 0] = table.best_genre_values(rows, context.genre_lift)
+        features[:, 0] = table.best_genre_values(rows, context.genre_lift, hits)
     if context.affinity:
+        assert hits is not None
         vector = table.affinity_vector(context.affinity)
-        affinity = table.genre_hits[rows] @ vector
+        affinity = hits @ vector
         affinity /= table.genre_count[rows]
         # math.tanh, not np.tanh: numpy's SIMD tanh differs in the last bit for ~1/3 of
         # inputs, and ties between rows are broken on these values.
@@ -523,10 +542,11 @@ def rank_feature_matrix(
         scores = np.array([score for _, score in knn], dtype=np.float64)
         features[at, 4] = scores / context.knn_max
         features[at, 5] = scores > 0  # (a non-positive best kNN score means no kNN signal)
-    # math.log1p, not np.log1p: numpy's SIMD log1p differs in the last bit between CPUs (seen
-    # between two machines of this project's CI), and a replay must rebuild the same features.
+    # math.log1p, not np.log1p, as for tanh above: numpy's SIMD log1p (AVX-512 builds) differs
+    # in the last bit for ~5% of inputs, so rows would depend on the CPU and differ from
+    # `rank_features`' (which label fallbacks learn from).
     log1p = math.log1p
-    features[:, 6] = [log1p(score) for score in trending_scores]
+    features[:, 6] = list(map(log1p, trending_scores))
     resume = state.continue_watching
     if resume:
         for item_id, progress in resume.items():
@@ -561,5 +581,5 @@ def _count_column(
             at.append(k)
             values.append(count)
     if at:
-        log1p = math.log1p  # not np.log1p: see the trending column
-        features[at, column] = [log1p(count) for count in values]
+        log1p = math.log1p  # not np.log1p: see rank_feature_matrix
+        features[at, column] = list(map(log1p, values))

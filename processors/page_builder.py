@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from processors.ports import (
     NextItemIndex,
     Popularity,
 )
+from processors.rounding import round6
 from processors.user_state import UserState
 from schemas.messages import Page, PageItem, PageRow
 
@@ -45,6 +48,9 @@ _NO_EVIDENCE = (0.0, 0.0)
 #: (3 titles on a phone, 5 on a TV, 6 on the web).
 _SPREAD_SLOTS = 6
 
+
+#: The id of a ``(-score, item_id)`` pair.
+_second = itemgetter(1)
 
 _set_item_id = PageItem.__dict__["item_id"].__set__
 _set_score = PageItem.__dict__["score"].__set__
@@ -115,6 +121,20 @@ class _RowPlan:
     ordered: bool = False
 
 
+@dataclass(slots=True)
+class _TrendingDerived:
+    """Page parts that follow from one trending order and catalog version (see
+    `PageBuilder._from_trending`); filled in as pages ask for them."""
+
+    ids: list[str]
+    catalog_version: int
+    rows: np.ndarray
+    #: `PageBuilder._explore_items` of this order, once computed.
+    explore: list[str] | None = None
+    #: genre → `PageBuilder._genre_items` of this order.
+    genre_items: dict[str, list[str]] = field(default_factory=dict)
+
+
 def _row_order(plan: _RowPlan) -> tuple[float, str]:
     """Rows go best score first, ties by row id."""
     return (-plan.score, plan.row_id)
@@ -147,22 +167,44 @@ class PageBuilder:
         self.bandit = bandit
         self.engagement = engagement
         self.items = ItemTable()
+        self._trending_memo: _TrendingDerived | None = None
 
     # -- features for one item (impression-time fallback) ------------------------------
 
     def item_features(self, state: UserState, item_id: str, now: int) -> list[float]:
         """Feature row for one item without the kNN signal (cheap; used when no page is cached)."""
         self.items.sync(self.catalog)
-        context = self._context(state, now, knn_max=0.0)
+        item = self.catalog.get(item_id)
+        # Only what rank_features reads of the context: this item's genres and styles.
+        wanted = (item.genres, item.artwork_styles) if item is not None else ((), ())
+        context = self._context(state, now, knn_max=0.0, only=wanted)
         signals = CandidateSignals(
             trending_score=self.trending.score(item_id, now),
             resume_progress=state.continue_watching.get(item_id, 0.0),
             item_lift=float(self.engagement.item_lifts([item_id])[0]),
         )
-        return rank_features(state, context, item_id, self.catalog.get(item_id), signals)
+        return rank_features(state, context, item_id, item, signals)
 
-    def _context(self, state: UserState, now: int, knn_max: float) -> RankingContext:
-        """The page's ranking context: the user's taste against the population's rates."""
+    def _context(
+        self,
+        state: UserState,
+        now: int,
+        knn_max: float,
+        *,
+        only: tuple[Sequence[str], Sequence[str]] | None = None,
+    ) -> RankingContext:
+        """The page's ranking context: the user's taste against the population's rates.
+
+        ``only`` (genres, artwork styles) limits the lifts to those: one item's row (the label
+        fallback) needs no more, and each genre's and style's lift is computed on its own as
+        for a page, so the values are the same at a third of the cost.
+        """
+        style_col = self.items.style_col
+        styles: list[str] = list(style_col)
+        only_genres = None
+        if only is not None:
+            only_genres, only_styles = only
+            styles = [style for style in only_styles if style in style_col]
         return ranking_context(
             state,
             now,
@@ -172,11 +214,12 @@ class PageBuilder:
             click_rate=self.engagement.click_rate,
             genre_prior=self.engagement.genre_rates(),
             style_pull=self.bandit.user_style_multipliers(
-                list(self.items.style_col),
+                styles,
                 context=state.device or "",
                 taste=state.style_evidence,
                 strength=self.config.style_taste_strength,
             ),
+            only_genres=only_genres,
         )
 
     # -- pages ---------------------------------------------------------------------------
@@ -247,20 +290,20 @@ class PageBuilder:
                     )
                 )
 
-        trending_top = self.trending.top(max(config.trending_candidates * 4, 100), now)
-        trending_ids = [item_id for item_id, _ in trending_top]
+        trending_ids = self.trending.top_ids(max(config.trending_candidates * 4, 100))
         trending_row = trending_ids[: config.trending_candidates]
         candidates.update(dict.fromkeys(trending_row))
         plans.append(_RowPlan("trending", "Trending now", trending_row))
 
-        if len(trending_top) < config.row_size:
+        if len(trending_ids) < config.row_size:
             newest = self.catalog.newest(config.trending_candidates)
             candidates.update(dict.fromkeys(newest))
             plans.append(_RowPlan("new-arrivals", "New arrivals", newest))
 
         self.items.sync(self.catalog)
         context = self._context(state, now, knn_max)
-        trending_rows = self.items.rows(trending_ids)
+        derived = self._from_trending(trending_ids)
+        trending_rows = derived.rows
         # "More <genre>" for the genres this user's own behaviour favours.
         evidence = state.genre_evidence
         top_genres = [
@@ -269,19 +312,26 @@ class PageBuilder:
             if weight > 0 and evidence.get(genre, _NO_EVIDENCE)[0] > 0
         ][:_GENRE_ROWS]
         for genre in top_genres:
-            genre_items = self._genre_items(genre, trending_ids, trending_rows)
+            genre_items = derived.genre_items.get(genre)
+            if genre_items is None:
+                genre_items = derived.genre_items[genre] = self._genre_items(
+                    genre, trending_ids, trending_rows
+                )
+            genre_items = list(genre_items)  # the plan's own list; the memo's stays as it is
             candidates.update(dict.fromkeys(genre_items))
             plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
         # A few of every genre's best: a taste nobody has looked for yet can only be found if
         # its titles can reach the page (the ranker and the top row's genre spread decide).
         if config.explore_per_genre:
-            candidates.update(dict.fromkeys(self._explore_items(trending_ids, trending_rows)))
+            if derived.explore is None:
+                derived.explore = self._explore_items(trending_ids, trending_rows)
+            candidates.update(dict.fromkeys(derived.explore))
 
         if not candidates:
             return (), (), np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
 
         item_ids = list(candidates)
-        position = {item_id: k for k, item_id in enumerate(item_ids)}
+        position = dict(zip(item_ids, range(len(item_ids)), strict=True))
         rows = self.items.rows(item_ids)
         features = rank_feature_matrix(
             state,
@@ -294,31 +344,54 @@ class PageBuilder:
             position,
             self.engagement.item_lifts(item_ids),
         )
-        scores = self._scores(features).tolist()
-        score_of = dict(zip(item_ids, scores, strict=True))
+        score_array = self._scores(features)
+        score_of = dict(zip(item_ids, score_array.tolist(), strict=True))
         # One sort of (-score, item_id) gives every row its order: ranks are a total order.
-        ranked = sorted(zip([-score for score in scores], item_ids, strict=True))
-        best = [item_id for _, item_id in ranked]
-        rank_of = {item_id: rank for rank, item_id in enumerate(best)}
+        ranked = sorted(zip((-score_array).tolist(), item_ids, strict=True))
+        best = list(map(_second, ranked))
+        rank_of = dict(zip(best, range(len(best)), strict=True))
         top_picks = self._diversified(best, score_of, config.row_size * 2)
         plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
         arranged = self._arrange(plans, score_of, rank_of)
-        page_rows, placed = self._with_artworks(arranged, state, recommendation_id)
-        placed_rows = [position[item_id] for item_id in placed]
-        return page_rows, placed, features[placed_rows].astype(np.float32)
+        placed = tuple([item_id for _, items in arranged for item_id, _ in items])
+        # Candidate indices of the placed items, as one index array for both gathers.
+        placed_at = np.array([position[item_id] for item_id in placed], dtype=np.intp)
+        page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
+        return page_rows, placed, features[placed_at].astype(np.float32)
+
+    def _from_trending(self, trending_ids: list[str]) -> _TrendingDerived:
+        """What the page takes from the trending order alone, reused while it stands.
+
+        The trending candidates' table rows, the genre rows' and the explore candidates
+        depend only on that order and the catalog; between two pages the order of the top
+        trending titles is usually unchanged (92% of consecutive pages on the engine-alone
+        traffic), so they are computed once per order instead of once per page.
+        """
+        memo = self._trending_memo
+        version = self.catalog.version
+        if memo is None or memo.catalog_version != version or memo.ids != trending_ids:
+            memo = self._trending_memo = _TrendingDerived(
+                trending_ids, version, self.items.rows(trending_ids)
+            )
+        return memo
 
     def _with_artworks(
         self,
         arranged: list[tuple[_RowPlan, list[tuple[str, float]]]],
+        placed_ids: tuple[str, ...],
+        placed_rows: np.ndarray,
         state: UserState,
         recommendation_id: str,
-    ) -> tuple[tuple[PageRow, ...], tuple[str, ...]]:
-        """Choose every placed item's artwork, then render the rows."""
-        placed_ids = [item_id for _, items in arranged for item_id, _ in items]
-        chosen = self._artworks(placed_ids, state, recommendation_id)
+    ) -> tuple[PageRow, ...]:
+        """Choose every placed item's artwork, then render the rows.
+
+        ``placed_ids`` are the arranged items in page order, ``placed_rows`` their
+        `ItemTable` rows (taken from the candidates' rows: no second lookup per item).
+        """
+        chosen = self._artworks(placed_ids, placed_rows, state, recommendation_id)
         rows = []
         start = 0
-        rounded = round
+        rounded = round6
         for plan, items in arranged:
             end = start + len(items)
             rows.append(
@@ -327,7 +400,7 @@ class PageBuilder:
                     plan.title,
                     tuple(
                         [
-                            _page_item(item_id, rounded(score, 6), artwork_id)
+                            _page_item(item_id, rounded(score), artwork_id)
                             for (item_id, score), artwork_id in zip(
                                 items, chosen[start:end], strict=True
                             )
@@ -336,10 +409,14 @@ class PageBuilder:
                 )
             )
             start = end
-        return tuple(rows), tuple(placed_ids)
+        return tuple(rows)
 
     def _artworks(
-        self, item_ids: list[str], state: UserState, recommendation_id: str
+        self,
+        item_ids: Sequence[str],
+        rows: np.ndarray,
+        state: UserState,
+        recommendation_id: str,
     ) -> list[str | None]:
         """Each title's artwork in the style that pulls this user most (``ArtworkBandit
         .choose_styled``, vectorized over the page with the style columns of `ItemTable`);
@@ -356,7 +433,7 @@ class PageBuilder:
         vector = np.full(len(items.style_col) + 1, -np.inf)  # the last: style_idx padding
         for style, column in items.style_col.items():
             vector[column] = pulls[style]
-        pull = vector[items.style_idx[items.rows(item_ids)]]
+        pull = vector[items.style_idx[rows]]
         best = pull.argmax(axis=1).tolist()
         styled = np.isfinite(pull.max(axis=1)).tolist()
         artworks_of = items.artworks.get
@@ -413,7 +490,7 @@ class PageBuilder:
                 members.setdefault(genre, []).append(index)
         chosen: list[str] = []
         for _ in range(min(slots, len(pool))):
-            best = max(range(len(pool)), key=values.__getitem__)  # the first of equals
+            best = values.index(max(values))  # the first of equals
             chosen.append(pool[best])
             values[best] = -math.inf
             for genre in genres_of[best]:

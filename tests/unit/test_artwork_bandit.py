@@ -225,3 +225,30 @@ def test_style_tables_survive_the_state_round_trip() -> None:
     assert clone.style_multiplier("closeup", "phone") == bandit.style_multiplier("closeup", "phone")
     version_1 = {k: v for k, v in bandit.to_state().items() if k != "styles"} | {"state_version": 1}
     assert ArtworkBandit.from_state(version_1).style_multiplier("closeup", "phone") == 1.0
+
+
+def test_style_draws_are_numpys_vectorized_gamma() -> None:
+    """The per-style scalar draws equal ``Generator.gamma(shapes, 1 / rates)`` on the same
+    stream, the vectorized draw they replaced: pages keep their artworks."""
+    bandit = ArtworkBandit(seed=5)
+    styles = ["title", "closeup", "scene", "dark"]
+    rng = np.random.default_rng(1)
+    for k in range(200):
+        bandit.update_style(styles[k % 4], float(rng.random()), 0.5, context="tv")
+    for key in range(50):
+        draw_key = f"rec-{key}"
+        pulls = bandit.style_pulls(
+            styles, context="tv", taste={}, strength=5.0, draw_key=draw_key, explore=True
+        )
+        ordered = sorted(styles)
+        posteriors = np.array([bandit._style_posterior(style, "tv") for style in ordered])
+        bandit._reseed(draw_key, "\x00styles")
+        drawn = bandit._generator.gamma(posteriors[:, 0], 1.0 / posteriors[:, 1]).tolist()
+        expected = bandit.user_style_multipliers(
+            styles,
+            context="tv",
+            taste={},
+            strength=5.0,
+            priors=dict(zip(ordered, drawn, strict=True)),
+        )
+        assert pulls == expected

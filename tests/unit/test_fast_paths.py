@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from online_models.artwork_bandit import ArtworkBandit, _blend
+from online_models.factory import build_models
 from online_models.trending import Trending
 from processors.catalog import Catalog
 from processors.config import EngineConfig
@@ -24,8 +25,10 @@ from processors.features import (
     rank_features,
     ranking_context,
 )
+from processors.page_builder import PageBuilder
 from processors.user_state import EventIdWindow, UserState
 from schemas.messages import CatalogItem
+from stream.bench.engine_alone import _process_batch, _World
 
 T0 = 1_700_000_000_000
 GENRES = ("horror", "comedy", "drama", "scifi", "anime")
@@ -194,3 +197,79 @@ def test_version_1_checkpoints_are_still_read() -> None:
     raw = UserState("u", dedup_window=4).to_dict() | {"v": 1, "recent_event_ids": ["e1", "e2"]}
     state = UserState.from_dict(raw)
     assert "e1" in state.recent_event_ids and "e3" not in state.recent_event_ids
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_item_context_gives_the_page_contexts_row(seed: int) -> None:
+    """The label fallback's context (one item's genres and styles only) gives every item the
+    feature row the full page context gives it, bit for bit."""
+    rng = random.Random(seed)
+    config = EngineConfig()
+    models = build_models(config)
+    catalog_items = [_item(rng, i) for i in range(40)]
+    catalog = Catalog()
+    catalog.upsert_many(catalog_items)
+    for k in range(300):
+        item = rng.choice(catalog_items)
+        models.engagement.observe(item.item_id, clicked=rng.random() < 0.3)
+        models.engagement.observe_taste(rng.random(), 1.0, item.genres)
+        models.bandit.update_style(rng.choice(STYLES), rng.random(), 0.5, context="tv")
+        models.trending.add(item.item_id, T0 - k * 1_000)
+    builder = PageBuilder(
+        config,
+        catalog,
+        models.knn,
+        models.trending,
+        models.ranker,
+        models.bandit,
+        models.engagement,
+    )
+    state = _state(rng, catalog_items)
+    state.style_evidence = {s: [rng.random(), rng.uniform(0.5, 2.0)] for s in STYLES[:2]}
+    builder.items.sync(catalog)
+    full = builder._context(state, T0, knn_max=0.0)
+    for item_id in [item.item_id for item in catalog_items] + ["not-in-catalog"]:
+        item = catalog.get(item_id)
+        signals = CandidateSignals(
+            trending_score=models.trending.score(item_id, T0),
+            resume_progress=state.continue_watching.get(item_id, 0.0),
+            item_lift=float(models.engagement.item_lifts([item_id])[0]),
+        )
+        expected = rank_features(state, full, item_id, item, signals)
+        assert builder.item_features(state, item_id, T0) == expected, item_id
+
+
+def test_pages_reusing_the_trending_order_equal_pages_built_afresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The page parts memoized per trending order (`PageBuilder._from_trending`) change no
+    page: the same closed-loop traffic with the memo dropped before every page gives the same
+    pages and the same learned models."""
+    remembered = PageBuilder._from_trending
+    reused = [0]
+
+    def counting(self: PageBuilder, trending_ids: list[str]) -> object:
+        reused[0] += self._trending_memo is not None and self._trending_memo.ids == trending_ids
+        return remembered(self, trending_ids)
+
+    def afresh(self: PageBuilder, trending_ids: list[str]) -> object:
+        self._trending_memo = None
+        return remembered(self, trending_ids)
+
+    def run(from_trending: object) -> tuple[list[str], object]:
+        monkeypatch.setattr(PageBuilder, "_from_trending", from_trending)
+        world = _World(users=150, seed=2, config=EngineConfig())
+        served: list[str] = []
+        queue: list[tuple[bytes, int, bool]] = []
+        while len(served) < 400:
+            while len(queue) < 40:
+                queue.extend(world.next_reaction())
+            batch, queue = queue[:40], queue[40:]
+            for page in _process_batch(world, batch):
+                world.pages[page.user_id] = page
+                served.append(repr(page))
+        monkeypatch.undo()
+        return served, world.engine.model_states()
+
+    assert run(counting) == run(afresh)
+    assert reused[0] > 100

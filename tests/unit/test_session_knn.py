@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import online_models.session_knn as knn_module
 from online_models.session_knn import SessionKNN
 from online_models.session_tsv import read_session_tsv
 
@@ -651,3 +652,22 @@ def test_yoochoose_tuned_settings_beat_published_vsknn(
     # Measured 0.692 / 0.375 (published V-SKNN 0.688 / 0.367); the engine's default settings.
     assert result["HR@20"] >= 0.69
     assert result["MRR@20"] >= 0.37
+
+
+def test_few_changed_sessions_refresh_as_the_array_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_refresh_few` (a handful of changed sessions) leaves the index as the whole-array
+    path does: same recommendations after every batch of clicks, evictions included."""
+    rng = random.Random(4)
+    few, many = SessionKNN(max_sessions=60), SessionKNN(max_sessions=60)
+    for step in range(400):
+        for _ in range(rng.randint(1, 6)):
+            session, item = f"s{rng.randint(0, 120)}", f"i{rng.randint(0, 80)}"
+            few.add_item(session, item, 1_000 + step)
+            many.add_item(session, item, 1_000 + step)
+        query = [f"i{rng.randint(0, 80)}" for _ in range(rng.randint(1, 4))]
+        expected_few = few.recommend(query, 30)
+        monkeypatch.setattr(knn_module, "_FEW_DIRTY", 0)
+        expected_many = many.recommend(query, 30)
+        monkeypatch.undo()
+        assert expected_few == expected_many
+        assert few._flat_live == many._flat_live

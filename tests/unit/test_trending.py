@@ -172,3 +172,12 @@ def test_a_query_long_before_the_landmark_stays_finite() -> None:
     assert [item_id for item_id, _ in top] == ["later", "late"]
     assert all(math.isfinite(score) and score > 0 for _, score in top)
     assert math.isfinite(trending.score("late", now=0))
+
+
+def test_top_ids_are_tops_ids_at_any_time() -> None:
+    trending = Trending(half_life_ms=60_000, top_cache_size=20)
+    for k in range(300):
+        trending.add(f"i{(k * 7) % 53}", 1_000 * k, 1.0 + (k % 3))
+    for n in (0, 1, 10, 20, 21, 100):
+        for now in (300_000, 900_000):
+            assert trending.top_ids(n) == [item_id for item_id, _ in trending.top(n, now)]
