@@ -58,11 +58,20 @@ def render_table(result: dict[str, Any]) -> str:
         sustained = result.get("insession", {}).get("at_sustained_rate")
         if sustained:
             lines.append(
-                f"| insession at {sustained['offered_rate']:,.0f} events/s (90% of its max) | | "
+                f"| insession sustained: {sustained['offered_rate']:,.0f} events/s paced "
+                f"({sustained.get('share_of_drain_rate', 0.9):.0%} of its drain rate, the "
+                "highest share tried that kept up) | | "
                 f"| | {_ms(sustained['latency'])} "
                 f"| {_ms(sustained.get('in_worker_page_produced'))} "
                 f"| {_ms(sustained.get('in_worker_processing'))} |"
             )
+        attempts = result.get("insession", {}).get("sustained_attempts") or []
+        behind = [a for a in attempts if not a["kept_up"]]
+        if behind:
+            tried = ", ".join(
+                f"{a['offered_rate']:,.0f}/s p99 {a['p99_ms']:,.0f} ms" for a in behind
+            )
+            lines.append(f"| insession fell behind on a paced stream at: {tried} | | | | | | |")
         lines.append("")
         lines.append(
             "| maximum throughput (backlog drain) | broker floor | Faust agent floor "

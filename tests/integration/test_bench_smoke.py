@@ -47,6 +47,13 @@ def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -
     assert lowest["in_worker_processing"]["count"] > 0
     # consumed → page produced: one value per page the worker made in the phase
     assert lowest["in_worker_page_produced"]["count"] == lowest["in_worker_pages"] > 0
+    # The sustained rate is searched downwards from the drain rate until a share keeps up.
+    attempts = result["insession"]["sustained_attempts"]
+    assert attempts and [a["kept_up"] for a in attempts[:-1]] == [False] * (len(attempts) - 1)
+    if attempts[-1]["kept_up"]:
+        assert (
+            result["insession"]["at_sustained_rate"]["offered_rate"] == attempts[-1]["offered_rate"]
+        )
     assert result["engine_alone"]["events"] > 0
     assert result["engine_alone"]["events_per_s"] > 0
     batched = result["engine_alone"]["batched"]

@@ -183,3 +183,13 @@ def test_a_coalesced_page_answers_each_of_its_events_from_its_own_send_time() ->
     plain.track(0, other)
     plain.answer(page, 30 * MS)
     assert other.received == 1
+
+
+def test_a_paced_phase_keeps_up_only_with_every_answer_and_a_bounded_p99() -> None:
+    from stream.bench.runner import _kept_up
+
+    served = {"missing": 0, "latency": {"p50_ms": 40.0, "p99_ms": 120.0}}
+    assert _kept_up(served)
+    assert not _kept_up({**served, "missing": 3})
+    assert not _kept_up({**served, "latency": {"p50_ms": 500.0, "p99_ms": 1_800.0}})
+    assert not _kept_up({"missing": 0, "latency": None})
