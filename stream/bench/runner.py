@@ -54,7 +54,9 @@ class BenchOptions:
     drain_events: int = 30_000
     #: Shares of the drain rate tried on a paced stream, highest first, until one keeps up
     #: (`_kept_up`): a backlog drains faster than a paced stream is served (fuller batches
-    #: coalesce more pages), so the drain rate alone overstates what a worker sustains.
+    #: coalesce more pages), so the drain rate alone overstates what a worker sustains. (On
+    #: the embedded Tansu these phases run on partitions the drain filled, whose fetches are
+    #: slower: BROKER-NOTES.md. The offered-rate ladder runs before the drain.)
     sustained_shares: tuple[float, ...] = (0.9, 0.75, 0.6, 0.45)
     idle_timeout_s: float = 180.0
     drain_s: float = 15.0
