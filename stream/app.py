@@ -10,6 +10,7 @@ short (see README, "State and restarts").
 
 from __future__ import annotations
 
+import gc
 import logging
 import ssl
 import time
@@ -174,6 +175,8 @@ class WorkerApp:
         loaded = await self.pipeline.refresh_catalog(force=True)
         # After the restore: the models and the catalog are the bulk of what lives for good.
         self.pipeline.gc_pauses = GcPauses(freeze_survivors=self.settings.gc_freeze).install()
+        if self.settings.gc_young_threshold > 0:
+            gc.set_threshold(self.settings.gc_young_threshold, *gc.get_threshold()[1:])
         log.info("worker ready: models restored=%s, catalog items loaded=%d", restored, loaded)
 
     def _wire(self) -> None:

@@ -67,6 +67,9 @@ class Settings:
     #: Freeze what survives each full garbage collection (and the start-up objects), so the
     #: next full collection walks only newer objects: shorter pauses (stream/latency.py).
     gc_freeze: bool = True
+    #: Allocations between young garbage collections (Python's default is 700). 0 keeps the
+    #: interpreter's setting.
+    gc_young_threshold: int = 0
     model_checkpoint_s: float = 30.0
     expiry_interval_s: float = 5.0
     catalog_refresh_s: float = 2.0
