@@ -127,10 +127,6 @@ class BlendedRanker:
         """The regression's per-feature share of its logit (see `OnlineLogistic`)."""
         return self.learned.contributions(x)
 
-    def raw_weight(self, name: str) -> float:
-        """The regression's slope in one raw feature."""
-        return self.learned.raw_weight(name)
-
     # -- learning ------------------------------------------------------------------------
 
     def learn_vector(self, x: np.ndarray | Sequence[float], y: bool) -> None:

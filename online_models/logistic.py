@@ -203,15 +203,6 @@ class OnlineLogistic:
         np.reciprocal(proba, out=proba)
         return float(proba[0])
 
-    def raw_weight(self, name: str) -> float:
-        """The logit's slope in one feature's raw (unscaled) units: weight / std.
-
-        What a score moves by when that feature moves by one; the page builder uses it to
-        turn an exploratory draw of a feature into a score change the model agrees with.
-        """
-        index = self.feature_names.index(name)
-        return float(self._scoring_arrays()[1][index])
-
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
         """Each feature's share of the logit, to explain a score.
 

@@ -27,7 +27,14 @@ from processors.ports import (
     Popularity,
 )
 from processors.session_window import SEQUENCE_TYPES, artwork_style, update_window
-from processors.taste import TASTE_TYPES, add_evidence, carry_over, engagement_of, rate
+from processors.taste import (
+    NO_EVIDENCE,
+    TASTE_TYPES,
+    add_evidence,
+    carry_over,
+    engagement_of,
+    rate,
+)
 from processors.user_state import PendingImpression, UserState
 from schemas.codec import (
     DEFAULT_LIMITS,
@@ -43,8 +50,7 @@ __all__ = ["Effects", "Engine", "EngineModels", "SourcePosition"]
 #: How much each outcome adds to an item's trending score.
 _TRENDING_WEIGHTS = {"click": 1.0, "play": 2.0, "completion": 1.0}
 _POSITIVE_TYPES = frozenset({"click", "play"})
-_EARLIEST_TS = 946_684_800_000
-_NO_EVIDENCE = (0.0, 0.0)  # 2000-01-01: older timestamps are clock or unit errors
+_EARLIEST_TS = 946_684_800_000  # 2000-01-01: older timestamps are clock or unit errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +459,7 @@ class Engine:
         evidence = state.genre_evidence
         best = 0.0
         for genre in item.genres:
-            engaged, examined = evidence.get(genre, _NO_EVIDENCE)
+            engaged, examined = evidence.get(genre, NO_EVIDENCE)
             prior = genre_rate(genre)
             best = max(best, rate(engaged, examined, base_rate=prior, strength=strength))
         return best

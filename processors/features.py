@@ -16,6 +16,7 @@ import numpy as np
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.session_window import decayed_affinity
+from processors.taste import NO_EVIDENCE, rate
 from processors.user_state import UserState
 from schemas.messages import CatalogItem
 
@@ -78,7 +79,6 @@ CLICK_MODEL_COLUMN = RANK_FEATURE_NAMES.index("click_model_logit")
 _MOBILE = frozenset({"mobile", "phone", "ios", "android", "tablet"})
 _TV = frozenset({"tv", "smart_tv", "console", "stb"})
 _TWO_PI = 2.0 * math.pi
-_NO_EVIDENCE = (0.0, 0.0)
 
 
 def session_features(state: UserState, now: int, config: EngineConfig) -> list[float]:
@@ -257,8 +257,8 @@ def genre_taste_rates(
         genres &= set(only_genres)
     for genre in sorted(genres):
         prior = genre_prior.get(genre, taste_rate)
-        engaged, examined = evidence.get(genre, _NO_EVIDENCE)
-        rates[genre] = (engaged + strength * prior) / (examined + strength)
+        engaged, examined = evidence.get(genre, NO_EVIDENCE)
+        rates[genre] = rate(engaged, examined, base_rate=prior, strength=strength)
     return rates
 
 
@@ -416,17 +416,22 @@ class ItemTable:
         best[np.isneginf(best)] = 0.0
         return best
 
-    def best_style_values(self, rows: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
-        """Per row, the largest of ``values`` over the styles of the item's artworks (absent
-        styles count 0; 0 for items without style tags)."""
-        vector = np.zeros(len(self.style_col) + 1)
-        vector[-1] = -np.inf  # the padding column of style_idx (-1)
+    def style_vector(self, values: Mapping[str, float], absent: float = 0.0) -> np.ndarray:
+        """``values`` by `style_col`, ``absent`` for styles without one, and a last entry of
+        -inf that `style_idx`'s padding (-1) picks, so a row's max ignores missing artworks."""
+        vector = np.full(len(self.style_col) + 1, absent)
+        vector[-1] = -np.inf
         col = self.style_col.get
         for style, value in values.items():
             index = col(style)
             if index is not None:
                 vector[index] = value
-        best = vector[self.style_idx[rows]].max(axis=1)
+        return vector
+
+    def best_style_values(self, rows: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
+        """Per row, the largest of ``values`` over the styles of the item's artworks (absent
+        styles count 0; 0 for items without style tags)."""
+        best = self.style_vector(values)[self.style_idx[rows]].max(axis=1)
         best[np.isneginf(best)] = 0.0
         return best
 

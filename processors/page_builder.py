@@ -34,6 +34,7 @@ from processors.ports import (
     Popularity,
 )
 from processors.rounding import round6
+from processors.taste import NO_EVIDENCE
 from processors.user_state import UserState
 from schemas.messages import Page, PageItem, PageRow
 
@@ -43,7 +44,6 @@ __all__ = ["PageBuilder", "ServedFeatures", "ServedPage", "session_key"]
 _ROW_SCORE_TOP = 3
 #: Genre rows on a personalized page.
 _GENRE_ROWS = 2
-_NO_EVIDENCE = (0.0, 0.0)
 #: Slots of "Top picks" whose genres are spread: what a row shows without sideways scrolling
 #: (3 titles on a phone, 5 on a TV, 6 on the web).
 _SPREAD_SLOTS = 6
@@ -309,7 +309,7 @@ class PageBuilder:
         top_genres = [
             genre
             for genre, weight in sorted(context.genre_lift.items(), key=lambda kv: (-kv[1], kv[0]))
-            if weight > 0 and evidence.get(genre, _NO_EVIDENCE)[0] > 0
+            if weight > 0 and evidence.get(genre, NO_EVIDENCE)[0] > 0
         ][:_GENRE_ROWS]
         for genre in top_genres:
             genre_items = derived.genre_items.get(genre)
@@ -430,10 +430,7 @@ class PageBuilder:
             draw_key=recommendation_id,
             explore=self.config.style_exploration,
         )
-        vector = np.full(len(items.style_col) + 1, -np.inf)  # the last: style_idx padding
-        for style, column in items.style_col.items():
-            vector[column] = pulls[style]
-        pull = vector[items.style_idx[rows]]
+        pull = items.style_vector(pulls, absent=-np.inf)[items.style_idx[rows]]
         best = pull.argmax(axis=1).tolist()
         styled = np.isfinite(pull.max(axis=1)).tolist()
         artworks_of = items.artworks.get

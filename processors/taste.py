@@ -36,6 +36,7 @@ import math
 from collections.abc import Iterable, MutableMapping, Sequence
 
 __all__ = [
+    "NO_EVIDENCE",
     "TASTE_TYPES",
     "add_evidence",
     "carry_over",
@@ -45,6 +46,8 @@ __all__ = [
     "rate",
 ]
 
+#: The evidence of a key nobody has seen engage or be examined.
+NO_EVIDENCE: tuple[float, float] = (0.0, 0.0)
 #: Events that say the user looked at a title (and how it went): the ones that move a taste.
 TASTE_TYPES = frozenset({"click", "scroll_past", "hover"})
 #: Dwell at which a hover counts as much engagement as half a click.

@@ -14,15 +14,13 @@ runtime the worker uses (``stream.bench.faust_forward``). Runs as its own proces
 
 from __future__ import annotations
 
-import asyncio
-import os
 import sys
 from typing import Any
 
 import faust
-import uvloop
 
 from stream.app import make_faust_app, raw_topic
+from stream.bench.faust_forward import run_forwarder
 from stream.config import Settings
 
 __all__ = ["create_agent_forwarder", "main"]
@@ -50,17 +48,7 @@ def create_agent_forwarder(settings: Settings, in_topic: str, out_topic: str, ap
 
 
 def main() -> int:
-    env = os.environ
-    settings = Settings.from_env(
-        bootstrap_servers=env["BENCH_BOOTSTRAP"], partitions=int(env.get("BENCH_PARTITIONS", "8"))
-    )
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_agent_forwarder(
-        settings, env["BENCH_IN_TOPIC"], env["BENCH_OUT_TOPIC"], env["BENCH_APP_ID"]
-    )
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
-    worker.execute_from_commandline()
-    return 0
+    return run_forwarder(create_agent_forwarder)
 
 
 if __name__ == "__main__":

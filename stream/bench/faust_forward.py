@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -28,7 +28,7 @@ from stream.config import Settings
 from stream.inflight import InFlight
 from stream.kafka_transport import consume_in_batches, producer_send
 
-__all__ = ["create_forwarder", "main"]
+__all__ = ["create_forwarder", "main", "run_forwarder"]
 
 
 def create_forwarder(settings: Settings, in_topic: str, out_topic: str, app_id: str) -> Any:
@@ -55,18 +55,23 @@ def create_forwarder(settings: Settings, in_topic: str, out_topic: str, app_id: 
     return app
 
 
-def main() -> int:
+def run_forwarder(create: Callable[[Settings, str, str, str], Any]) -> int:
+    """Run the forwarder ``create`` builds, configured from the bench's environment
+    (``BENCH_BOOTSTRAP``, ``BENCH_PARTITIONS``, ``BENCH_IN_TOPIC``, ``BENCH_OUT_TOPIC``,
+    ``BENCH_APP_ID``): shared by both Faust floors, so they differ only in their app."""
     env = os.environ
     settings = Settings.from_env(
         bootstrap_servers=env["BENCH_BOOTSTRAP"], partitions=int(env.get("BENCH_PARTITIONS", "8"))
     )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_forwarder(
-        settings, env["BENCH_IN_TOPIC"], env["BENCH_OUT_TOPIC"], env["BENCH_APP_ID"]
-    )
+    app = create(settings, env["BENCH_IN_TOPIC"], env["BENCH_OUT_TOPIC"], env["BENCH_APP_ID"])
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
     worker.execute_from_commandline()
     return 0
+
+
+def main() -> int:
+    return run_forwarder(create_forwarder)
 
 
 if __name__ == "__main__":
