@@ -159,14 +159,12 @@ class EngagementRates:
         strength = self.strength
         prior = strength * base
         get = self._items.get
-        out = np.zeros(len(item_ids))
-        for index, item_id in enumerate(item_ids):
-            counts = get(item_id)
-            if counts is not None:
-                out[index] = (counts[0] + prior) / (counts[1] + strength)
-            else:
-                out[index] = base
-        return np.log(out / base)
+        # Rates in a list, then one array: a numpy scalar store per title cost more.
+        rates = [
+            base if (counts := get(item_id)) is None else (counts[0] + prior) / (counts[1] + strength)
+            for item_id in item_ids
+        ]
+        return np.log(np.array(rates, dtype=np.float64) / base)
 
     # -- state -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import ssl
+import sys
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -177,6 +178,8 @@ class WorkerApp:
         self.pipeline.gc_pauses = GcPauses(freeze_survivors=self.settings.gc_freeze).install()
         if self.settings.gc_young_threshold > 0:
             gc.set_threshold(self.settings.gc_young_threshold, *gc.get_threshold()[1:])
+        if self.settings.switch_interval_ms > 0:
+            sys.setswitchinterval(self.settings.switch_interval_ms / 1000.0)
         log.info("worker ready: models restored=%s, catalog items loaded=%d", restored, loaded)
 
     def _wire(self) -> None:

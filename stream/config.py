@@ -70,6 +70,10 @@ class Settings:
     #: Allocations between young garbage collections (Python's default is 700). 0 keeps the
     #: interpreter's setting.
     gc_young_threshold: int = 0
+    #: The interpreter's thread switch interval in ms (``sys.setswitchinterval``; Python's is
+    #: 5 ms). Faust's consumer runs in a thread of its own: while it parses a fetch, a batch
+    #: being processed waits up to this long for the GIL. 0 keeps the interpreter's setting.
+    switch_interval_ms: float = 0.0
     model_checkpoint_s: float = 30.0
     expiry_interval_s: float = 5.0
     catalog_refresh_s: float = 2.0
