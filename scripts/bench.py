@@ -33,6 +33,11 @@ def add_parser(sub: Any) -> None:
     )
     parser.add_argument("--duration", type=float, help="measured seconds per rate")
     parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        help="consumers' fetch max wait for every system (50; Tansu can stall at 10 or less)",
+    )
+    parser.add_argument(
         "--skip",
         default="",
         help="comma-separated parts to leave out: broker,faust-agent,faust,insession,engine,memory",
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["rates"] = tuple(float(rate) for rate in args.rates.split(","))
     if args.duration:
         overrides["duration_s"] = args.duration
+    if args.fetch_wait_ms:
+        overrides["fetch_wait_ms"] = args.fetch_wait_ms
     options = BenchOptions.quick(**overrides) if args.quick else BenchOptions(**overrides)
 
     def progress(line: str) -> None:

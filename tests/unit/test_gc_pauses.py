@@ -37,3 +37,21 @@ def test_survivors_of_a_full_collection_are_frozen_until_unfrozen() -> None:
     finally:
         pauses.uninstall()
         gc.unfreeze()
+
+
+def test_the_summary_does_not_walk_the_frozen_generation(monkeypatch) -> None:
+    """The worker publishes the summary every second from its event loop; counting the frozen
+    objects walks all of them (~10 ms for a worker's million), a stall once a second."""
+    pauses = GcPauses(freeze_survivors=True)
+    try:
+        pauses.install()
+
+        def walk() -> int:
+            raise AssertionError("summary_ms walked the frozen generation")
+
+        monkeypatch.setattr(gc, "get_freeze_count", walk)
+        summary = pauses.summary_ms()
+    finally:
+        pauses.uninstall()
+        gc.unfreeze()
+    assert summary["freezes"] == 1
