@@ -161,7 +161,9 @@ class EngagementRates:
         get = self._items.get
         # Rates in a list, then one array: a numpy scalar store per title cost more.
         rates = [
-            base if (counts := get(item_id)) is None else (counts[0] + prior) / (counts[1] + strength)
+            base
+            if (counts := get(item_id)) is None
+            else (counts[0] + prior) / (counts[1] + strength)
             for item_id in item_ids
         ]
         return np.log(np.array(rates, dtype=np.float64) / base)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
 from stream.latency import GcPauses
 
 
@@ -39,7 +41,7 @@ def test_survivors_of_a_full_collection_are_frozen_until_unfrozen() -> None:
         gc.unfreeze()
 
 
-def test_the_summary_does_not_walk_the_frozen_generation(monkeypatch) -> None:
+def test_the_summary_does_not_walk_the_frozen_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker publishes the summary every second from its event loop; counting the frozen
     objects walks all of them (~10 ms for a worker's million), a stall once a second."""
     pauses = GcPauses(freeze_survivors=True)
