@@ -175,7 +175,9 @@ class WorkerApp:
         restored = await self.pipeline.restore_models()
         loaded = await self.pipeline.refresh_catalog(force=True)
         # After the restore: the models and the catalog are the bulk of what lives for good.
-        self.pipeline.gc_pauses = GcPauses(freeze_survivors=self.settings.gc_freeze).install()
+        self.pipeline.gc_pauses = GcPauses(
+            freeze_survivors=self.settings.gc_freeze, freeze_young=self.settings.gc_freeze_young
+        ).install()
         if self.settings.gc_young_threshold > 0:
             gc.set_threshold(self.settings.gc_young_threshold, *gc.get_threshold()[1:])
         if self.settings.switch_interval_ms > 0:
@@ -227,10 +229,13 @@ class WorkerApp:
             if self.pipeline.gc_pauses is not None:
                 self.pipeline.gc_pauses.freeze_if_due()
 
-        @app.timer(3600.0)
+        @app.timer(settings.gc_sweep_interval_s)
         async def unfreeze_gc() -> None:  # cycles among frozen objects get collected again
-            if self.pipeline.gc_pauses is not None and settings.gc_freeze:
-                self.pipeline.gc_pauses.unfreeze()
+            pauses = self.pipeline.gc_pauses
+            if pauses is not None and settings.gc_freeze_young:
+                log.info("garbage cycles swept: %d objects", pauses.sweep_cycles())
+            elif pauses is not None and settings.gc_freeze:
+                pauses.unfreeze()
 
         @app.timer(5.0)
         async def publish_arm_metrics() -> None:

@@ -67,6 +67,13 @@ class Settings:
     #: Freeze what survives each full garbage collection (and the start-up objects), so the
     #: next full collection walks only newer objects: shorter pauses (stream/latency.py).
     gc_freeze: bool = True
+    #: Also freeze the survivors of every young collection, so no collection walks more than
+    #: one young collection's survivors; garbage cycles among frozen objects are then freed
+    #: by an hourly sweep (one full walk) instead (stream/latency.py).
+    gc_freeze_young: bool = True
+    #: Seconds between unfreezes (or, with ``gc_freeze_young``, sweeps) that let garbage
+    #: cycles among frozen objects be freed.
+    gc_sweep_interval_s: float = 3600.0
     #: Allocations between young garbage collections (Python's default is 700). 0 keeps the
     #: interpreter's setting.
     gc_young_threshold: int = 0

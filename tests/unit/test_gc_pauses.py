@@ -57,3 +57,46 @@ def test_the_summary_does_not_walk_the_frozen_generation(monkeypatch: pytest.Mon
         pauses.uninstall()
         gc.unfreeze()
     assert summary["freezes"] == 1
+
+
+class _Node:
+    """A cyclic-garbage probe (weak-referenceable)."""
+
+    def __init__(self) -> None:
+        self.peer: _Node | None = None
+
+
+def test_freeze_young_freezes_every_young_collections_survivors() -> None:
+    pauses = GcPauses(freeze_survivors=True, freeze_young=True)
+    try:
+        pauses.install()
+        before = gc.get_freeze_count()
+        survivors = [[n] for n in range(1_000)]
+        gc.collect(0)
+        assert gc.get_freeze_count() >= before + len(survivors), "young survivors frozen"
+        assert len(gc.get_objects(generation=1)) == 0, "nothing was promoted to generation 1"
+        assert pauses.summary_ms()["gen0"]["count"] >= 1
+    finally:
+        pauses.uninstall()
+        gc.unfreeze()
+
+
+def test_the_sweep_frees_cycles_that_were_frozen() -> None:
+    import weakref
+
+    pauses = GcPauses(freeze_survivors=True, freeze_young=True)
+    try:
+        pauses.install()
+        first, second = _Node(), _Node()
+        first.peer, second.peer = second, first
+        probe = weakref.ref(first)
+        gc.collect(0)  # the cycle is alive: it survives, and is frozen
+        del first, second
+        gc.collect()  # a full collection does not walk the frozen generation
+        assert probe() is not None, "the frozen cycle waits for the sweep"
+        assert pauses.sweep_cycles() >= 2
+        assert probe() is None
+        assert gc.get_freeze_count() > 0, "the survivors of the sweep are frozen again"
+    finally:
+        pauses.uninstall()
+        gc.unfreeze()
