@@ -67,6 +67,21 @@ def _page_item(item_id: str, score: float, artwork_id: str | None) -> PageItem:
     return item
 
 
+def _by_score(scores: np.ndarray, item_ids: list[str]) -> list[str]:
+    """The candidates in ``(-score, item_id)`` order: one sort gives every row its order
+    (ranks are a total order).
+
+    A stable argsort of the negated scores is that order whenever no two scores are equal
+    (then the item ids never decide); with a tie, or a NaN, the tuples are sorted as before.
+    """
+    negated = -scores
+    order = negated.argsort(kind="stable")
+    ordered = negated[order]
+    if len(ordered) > 1 and not (ordered[1:] > ordered[:-1]).all():
+        return list(map(_second, sorted(zip(negated.tolist(), item_ids, strict=True))))
+    return [item_ids[index] for index in order.tolist()]
+
+
 def session_key(user_id: str, session_id: str) -> str:
     """Key of a session in the kNN index (session ids are only unique per user)."""
     return f"{user_id}\x1f{session_id}"
@@ -346,9 +361,7 @@ class PageBuilder:
         )
         score_array = self._scores(features)
         score_of = dict(zip(item_ids, score_array.tolist(), strict=True))
-        # One sort of (-score, item_id) gives every row its order: ranks are a total order.
-        ranked = sorted(zip((-score_array).tolist(), item_ids, strict=True))
-        best = list(map(_second, ranked))
+        best = _by_score(score_array, item_ids)
         rank_of = dict(zip(best, range(len(best)), strict=True))
         top_picks = self._diversified(best, score_of, config.row_size * 2)
         plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
