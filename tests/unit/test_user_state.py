@@ -121,6 +121,30 @@ def test_churn_snapshots_are_kept_exactly() -> None:
         odd.add_churn_snapshot([1.0] * 53, 4)
 
 
+def test_churn_snapshot_values_are_coded_compactly_and_read_back_bit_for_bit() -> None:
+    """Flags, logs of small counts and the hour's sine and cosine in one byte, float32-exact
+    values in five, the rest in nine; every value (signs of zeros, NaN) as it was."""
+    hour = 2.0 * math.pi * 7 / 24.0
+    coded = [1.0, math.log1p(3), math.sin(hour), math.cos(hour), math.log1p(200)]
+    state = UserState("u")
+    state.add_churn_snapshot([0.0, *coded, 0.0, 0.0], 4)
+    assert len(state.churn_snapshots) == 2 + len(coded)  # mask, payload length, one code each
+    state.add_churn_snapshot([1.5, -0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0], 4)
+    assert len(state.churn_snapshots) == 2 + len(coded) + 2 + 5 + 5 + 9
+    big = [math.nan, -1e308, 5e-324, math.inf, math.log1p(201), 0.0, 0.0, 2.0**60]
+    state.add_churn_snapshot(big, 4)
+    rows = state.churn_snapshot_rows()
+    bits = [array("d", row).tobytes() for row in rows]
+    assert bits == [
+        array("d", [0.0, *coded, 0.0, 0.0]).tobytes(),
+        array("d", [1.5, -0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0]).tobytes(),
+        array("d", big).tobytes(),
+    ]
+    with pytest.raises(ValueError, match="after 8"):
+        state.add_churn_snapshot([1.0] * 9, 4)
+    assert len(state.churn_snapshot_rows()) == 3
+
+
 def test_pending_features_keep_their_values() -> None:
     """Rows from the served-page cache (float32 values) are kept in 4 bytes a value, others in
     8; the learner sees the same numbers either way."""
