@@ -69,14 +69,14 @@ def update_window(
         state.scroll_streak += 1
         state.max_scroll_streak = max(state.max_scroll_streak, state.scroll_streak)
         if item_id is not None:
-            _bump(state.session_scrolled, item_id)
+            state.count_scroll_past(item_id, _MAX_EXPOSURE_ITEMS)
     elif event_type in SEQUENCE_TYPES:
         state.scroll_streak = 0
         if item_id is not None:
             _add_clicked(state.session_clicked, item_id)
             _append_item(state, item_id, config.last_items)
     elif event_type == "impression" and item_id is not None:
-        _bump(state.session_impressed, item_id)
+        state.count_impression(item_id, _MAX_EXPOSURE_ITEMS)
 
     if event_type in ("pause", "completion", "drop_off") and event.progress is not None:
         state.progress_sum += event.progress
@@ -165,12 +165,6 @@ def _add_clicked(clicked: list[str], item_id: str) -> None:
         clicked.append(item_id)
         if len(clicked) > _MAX_EXPOSURE_ITEMS:
             del clicked[0]
-
-
-def _bump(counts: dict[str, int], item_id: str) -> None:
-    counts[item_id] = counts.get(item_id, 0) + 1
-    if len(counts) > _MAX_EXPOSURE_ITEMS:
-        del counts[next(iter(counts))]
 
 
 def _decay_factor(elapsed_ms: int, half_life_ms: int) -> float:

@@ -384,9 +384,10 @@ class UserState:
         "scroll_streak",
         "session_clicked",
         "session_events",
+        "session_exposed",
+        "session_exposure",
         "session_id",
-        "session_impressed",
-        "session_scrolled",
+        "session_scroll_order",
         "session_start",
         "sessions_total",
         "style_evidence",
@@ -431,8 +432,14 @@ class UserState:
         self.genre_affinity = FloatMap()
         self.affinity_ts = 0
         self.last_items: list[str] = []
-        self.session_impressed: dict[str, int] = {}
-        self.session_scrolled: dict[str, int] = {}
+        #: Titles impressed or scrolled past this session; those with impressions in the
+        #: order they were first impressed (see `count_impression`).
+        self.session_exposed: tuple[str, ...] = ()
+        #: Impressions and scroll-pasts of each title of ``session_exposed``, two counts a
+        #: title: one byte each while every count is below 256, else a ``array('Q')``.
+        self.session_exposure: bytes | array[int] = b""
+        #: The titles scrolled past, in the order they were first scrolled past.
+        self.session_scroll_order: tuple[str, ...] = ()
         #: Titles clicked or played this session, in order (an ordered set: a list is half a
         #: dict's size for the few a session has).
         self.session_clicked: list[str] = []
@@ -454,6 +461,131 @@ class UserState:
     def has_played(self) -> bool:
         """Whether the current session has a play (the churn label's opposite)."""
         return self.type_counts[4] > 0
+
+    # -- per-title exposure counts ----------------------------------------------------------
+    #
+    # Two ordered count maps once (title -> impressions, title -> scroll-pasts, each bounded,
+    # its oldest title forgotten first): two dicts were ~410 bytes of every state. One tuple
+    # of titles and one byte string of counts hold both, with the same counts and the same
+    # forgetting: the impressed titles keep their order in the tuple, the scrolled ones in
+    # ``session_scroll_order``.
+
+    def exposure(self, item_id: str) -> tuple[int, int]:
+        """``(impressions, scroll-pasts)`` of a title this session."""
+        try:
+            at = 2 * self.session_exposed.index(item_id)
+        except ValueError:
+            return 0, 0
+        counts = self.session_exposure
+        return counts[at], counts[at + 1]
+
+    def exposure_counts(self) -> Iterator[tuple[str, int, int]]:
+        """``(title, impressions, scroll-pasts)`` of every title impressed or scrolled past."""
+        counts = self.session_exposure
+        return zip(self.session_exposed, counts[0::2], counts[1::2], strict=True)
+
+    def impressed_counts(self) -> dict[str, int]:
+        """Impressions per title, oldest title first (the checkpoint's form)."""
+        return {item_id: count for item_id, count, _ in self.exposure_counts() if count}
+
+    def scrolled_counts(self) -> dict[str, int]:
+        """Scroll-pasts per title, oldest title first (the checkpoint's form)."""
+        exposed, counts = self.session_exposed, self.session_exposure
+        order = self.session_scroll_order
+        return {item_id: counts[2 * exposed.index(item_id) + 1] for item_id in order}
+
+    def count_impression(self, item_id: str, limit: int) -> None:
+        """One more impression of a title; past ``limit`` impressed titles the one first
+        impressed is forgotten."""
+        try:
+            at = 2 * self.session_exposed.index(item_id)
+        except ValueError:
+            self._add_exposed(item_id, 1, 0)
+        else:
+            impressions = self.session_exposure[at]
+            if impressions:
+                self._set_count(at, impressions + 1)
+                return
+            # Scrolled past but not impressed (or its impressions forgotten): it joins the
+            # impressed titles now, so it moves behind them.
+            scroll_pasts = self.session_exposure[at + 1]
+            self._drop_exposed(at // 2)
+            self._add_exposed(item_id, 1, scroll_pasts)
+        if len(self.session_exposed) > limit:
+            self._forget_impressed(limit)
+
+    def count_scroll_past(self, item_id: str, limit: int) -> None:
+        """One more scroll-past of a title; past ``limit`` scrolled titles the one first
+        scrolled past is forgotten."""
+        try:
+            at = 2 * self.session_exposed.index(item_id) + 1
+        except ValueError:
+            self._add_exposed(item_id, 0, 1)
+        else:
+            scroll_pasts = self.session_exposure[at]
+            self._set_count(at, scroll_pasts + 1)
+            if scroll_pasts:
+                return
+        order = (*self.session_scroll_order, item_id)
+        if len(order) > limit:
+            oldest, order = order[0], order[1:]
+            at = self.session_exposed.index(oldest)
+            if self.session_exposure[2 * at]:
+                self._set_count(2 * at + 1, 0)
+            else:
+                self._drop_exposed(at)
+        self.session_scroll_order = order
+
+    def restore_exposure(self, impressed: Mapping[str, int], scrolled: Mapping[str, int]) -> None:
+        """Set the counts from two ordered maps (a checkpoint's); ValueError for a count that
+        is not a positive 64-bit integer (one the engine never writes)."""
+        exposed = list(impressed)
+        counts = [int(count) for item_id in exposed for count in (impressed[item_id], 0)]
+        for item_id, count in scrolled.items():
+            if item_id in impressed:
+                counts[2 * exposed.index(item_id) + 1] = int(count)
+            else:
+                exposed.append(item_id)
+                counts += (0, int(count))
+        if any(count < 1 for count in (*impressed.values(), *scrolled.values())):
+            raise ValueError("an exposure count below 1")
+        self.session_exposed = tuple(exposed)
+        self.session_exposure = _counts_storage(counts)
+        self.session_scroll_order = tuple(scrolled)
+
+    def _add_exposed(self, item_id: str, impressions: int, scroll_pasts: int) -> None:
+        self.session_exposed = (*self.session_exposed, item_id)
+        counts = self.session_exposure
+        if type(counts) is bytes and impressions < 256 and scroll_pasts < 256:
+            self.session_exposure = counts + bytes((impressions, scroll_pasts))
+        else:
+            self.session_exposure = _counts_storage([*counts, impressions, scroll_pasts])
+
+    def _drop_exposed(self, index: int) -> None:
+        exposed, counts = self.session_exposed, self.session_exposure
+        self.session_exposed = exposed[:index] + exposed[index + 1 :]
+        self.session_exposure = counts[: 2 * index] + counts[2 * index + 2 :]
+
+    def _set_count(self, at: int, count: int) -> None:
+        counts = self.session_exposure
+        if type(counts) is bytes:
+            if count < 256:
+                self.session_exposure = counts[:at] + _BYTES[count] + counts[at + 1 :]
+                return
+            counts = self.session_exposure = array("Q", list(counts))  # a count past 255
+        counts[at] = count
+
+    def _forget_impressed(self, limit: int) -> None:
+        """Forget the title impressed first if more than ``limit`` titles are impressed."""
+        counts = self.session_exposure
+        impressions = counts[0::2]
+        if sum(1 for count in impressions if count) <= limit:
+            return
+        index = next(index for index, count in enumerate(impressions) if count)
+        if counts[2 * index + 1]:
+            self._set_count(2 * index, 0)
+        else:
+            self._drop_exposed(index)
 
     # -- recent pages ---------------------------------------------------------------------
 
@@ -547,8 +679,8 @@ class UserState:
             "genre_affinity": dict(self.genre_affinity.items()),
             "affinity_ts": self.affinity_ts,
             "last_items": self.last_items,
-            "session_impressed": self.session_impressed,
-            "session_scrolled": self.session_scrolled,
+            "session_impressed": self.impressed_counts(),
+            "session_scrolled": self.scrolled_counts(),
             "session_clicked": list(self.session_clicked),
             "pending": {item: p.to_list() for item, p in self.pending.items()},
             "churn_snapshots": [row.tolist() for row in self.churn_snapshot_rows()],
@@ -603,8 +735,10 @@ class UserState:
         )
         state.affinity_ts = int(raw["affinity_ts"])
         state.last_items = [intern(item_id) for item_id in raw["last_items"]]
-        state.session_impressed = {intern(k): int(v) for k, v in raw["session_impressed"].items()}
-        state.session_scrolled = {intern(k): int(v) for k, v in raw["session_scrolled"].items()}
+        state.restore_exposure(
+            {intern(k): int(v) for k, v in raw["session_impressed"].items()},
+            {intern(k): int(v) for k, v in raw["session_scrolled"].items()},
+        )
         state.session_clicked = [intern(k) for k in raw["session_clicked"]]
         state.pending = {
             intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
@@ -732,6 +866,17 @@ def _decode_record(flat: bytes, start: int, width: int) -> array[float]:
                 row[index] = _F64.unpack_from(flat, at)[0]
                 at += 8
     return row
+
+
+#: Each count below 256 as a one-byte string (`UserState._set_count`).
+_BYTES = tuple(bytes((count,)) for count in range(256))
+
+
+def _counts_storage(counts: list[int]) -> bytes | array[int]:
+    """Counts in one byte each when all are below 256, else in eight (ValueError past 2**64)."""
+    if all(count < 256 for count in counts):
+        return bytes(counts)
+    return _u64_array(counts)
 
 
 def _int_list(values: Sequence[Any]) -> list[int]:

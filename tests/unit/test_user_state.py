@@ -189,3 +189,64 @@ def test_out_of_range_keys_are_an_unreadable_checkpoint() -> None:
         raw = UserState("u").to_dict() | {field: value}
         with pytest.raises(ValueError, match="64-bit"):
             UserState.from_dict(raw)
+
+
+def _bump(counts: dict[str, int], item_id: str, limit: int) -> None:
+    """The two dicts the exposure counts replaced (``session_window`` before)."""
+    counts[item_id] = counts.get(item_id, 0) + 1
+    if len(counts) > limit:
+        del counts[next(iter(counts))]
+
+
+@pytest.mark.parametrize(
+    ("limit", "titles", "heavy"), [(128, 300, False), (5, 12, False), (6, 6, True)]
+)
+def test_exposure_counts_behave_like_the_two_dicts_they_replaced(
+    limit: int, titles: int, heavy: bool
+) -> None:
+    """Same counts, same order, the same title forgotten first, across checkpoints; counts
+    past 255 (``heavy``: a few titles seen again and again) are kept exactly too."""
+    rng = random.Random(limit)
+    ids = [f"t{k}" for k in range(titles)]
+    state = UserState("u")
+    impressed: dict[str, int] = {}
+    scrolled: dict[str, int] = {}
+    most = 0
+    wide = False
+    for step in range(3000):
+        item_id = rng.choice(ids[:2] if heavy and rng.random() < 0.9 else ids)
+        if rng.random() < 0.6:
+            state.count_impression(item_id, limit)
+            _bump(impressed, item_id, limit)
+        else:
+            state.count_scroll_past(item_id, limit)
+            _bump(scrolled, item_id, limit)
+        most = max(most, impressed.get(item_id, 0), scrolled.get(item_id, 0))
+        wide = wide or isinstance(state.session_exposure, array)
+        probe = rng.choice(ids)
+        assert state.exposure(probe) == (impressed.get(probe, 0), scrolled.get(probe, 0))
+        if step % 97 == 0:
+            assert list(state.impressed_counts().items()) == list(impressed.items())
+            assert list(state.scrolled_counts().items()) == list(scrolled.items())
+            state = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert list(state.impressed_counts().items()) == list(impressed.items())
+    assert list(state.scrolled_counts().items()) == list(scrolled.items())
+    assert set(state.session_exposed) == impressed.keys() | scrolled.keys()
+    assert wide == (most > 255) == heavy
+
+
+def test_exposure_counts_are_one_byte_each_and_bad_counts_are_refused() -> None:
+    state = UserState("u")
+    for item_id in ("a", "b", "a", "c"):
+        state.count_impression(item_id, 128)
+    state.count_scroll_past("d", 128)
+    state.count_scroll_past("a", 128)
+    assert state.session_exposed == ("a", "b", "c", "d")
+    assert state.session_exposure == bytes([2, 1, 1, 0, 1, 0, 0, 1])
+    state.count_impression("d", 128)  # scrolled past first: now among the impressed, last
+    assert state.session_exposed == ("a", "b", "c", "d")
+    assert list(state.impressed_counts()) == ["a", "b", "c", "d"]
+    for bad in (0, -1, 2**64):
+        raw = state.to_dict() | {"session_scrolled": {"a": bad}}
+        with pytest.raises(ValueError):
+            UserState.from_dict(raw)
