@@ -73,7 +73,7 @@ def update_window(
     elif event_type in SEQUENCE_TYPES:
         state.scroll_streak = 0
         if item_id is not None:
-            _add_clicked(state.session_clicked, item_id)
+            state.session_clicked = _with_clicked(state.session_clicked, item_id)
             _append_item(state, item_id, config.last_items)
     elif event_type == "impression" and item_id is not None:
         state.count_impression(item_id, _MAX_EXPOSURE_ITEMS)
@@ -154,17 +154,16 @@ def _append_item(state: UserState, item_id: str, limit: int) -> None:
     items = state.last_items
     if items and items[-1] == item_id:
         return  # a click followed by a play of the same title is one step of the sequence
-    items.append(item_id)
-    if len(items) > limit:
-        del items[0]
+    items = (*items, item_id)
+    state.last_items = items[1:] if len(items) > limit else items
 
 
-def _add_clicked(clicked: list[str], item_id: str) -> None:
-    """Add a title to the session's clicked ones: an ordered set, the oldest forgotten first."""
-    if item_id not in clicked:
-        clicked.append(item_id)
-        if len(clicked) > _MAX_EXPOSURE_ITEMS:
-            del clicked[0]
+def _with_clicked(clicked: tuple[str, ...], item_id: str) -> tuple[str, ...]:
+    """The session's clicked titles with one more: an ordered set, the oldest forgotten first."""
+    if item_id in clicked:
+        return clicked
+    clicked = (*clicked, item_id)
+    return clicked[1:] if len(clicked) > _MAX_EXPOSURE_ITEMS else clicked
 
 
 def _decay_factor(elapsed_ms: int, half_life_ms: int) -> float:

@@ -431,7 +431,10 @@ class UserState:
         #: genre → affinity weight, undecayed since ``affinity_ts`` (``session_window``).
         self.genre_affinity = FloatMap()
         self.affinity_ts = 0
-        self.last_items: list[str] = []
+        #: The session's item sequence (session-kNN), oldest first. This and
+        #: ``session_clicked`` are tuples: rebuilt on the rare click or play, they cost a list's
+        #: header and spare room less, and nothing when empty (the one empty tuple).
+        self.last_items: tuple[str, ...] = ()
         #: Titles impressed or scrolled past this session; those with impressions in the
         #: order they were first impressed (see `count_impression`).
         self.session_exposed: tuple[str, ...] = ()
@@ -440,9 +443,9 @@ class UserState:
         self.session_exposure: bytes | array[int] = b""
         #: The titles scrolled past, in the order they were first scrolled past.
         self.session_scroll_order: tuple[str, ...] = ()
-        #: Titles clicked or played this session, in order (an ordered set: a list is half a
-        #: dict's size for the few a session has).
-        self.session_clicked: list[str] = []
+        #: Titles clicked or played this session, in order (an ordered set: a tuple is a
+        #: fraction of a dict's size for the few a session has).
+        self.session_clicked: tuple[str, ...] = ()
         self.pending: dict[str, PendingImpression] = {}
         #: The session's churn snapshots back to back in one bytes object, each without its
         #: zeros and with common values in one byte (`_encode_record`), instead of one array
@@ -678,7 +681,7 @@ class UserState:
             "progress_n": self.progress_n,
             "genre_affinity": dict(self.genre_affinity.items()),
             "affinity_ts": self.affinity_ts,
-            "last_items": self.last_items,
+            "last_items": list(self.last_items),
             "session_impressed": self.impressed_counts(),
             "session_scrolled": self.scrolled_counts(),
             "session_clicked": list(self.session_clicked),
@@ -734,12 +737,12 @@ class UserState:
             (intern(k), float(v)) for k, v in raw["genre_affinity"].items()
         )
         state.affinity_ts = int(raw["affinity_ts"])
-        state.last_items = [intern(item_id) for item_id in raw["last_items"]]
+        state.last_items = tuple(intern(item_id) for item_id in raw["last_items"])
         state.restore_exposure(
             {intern(k): int(v) for k, v in raw["session_impressed"].items()},
             {intern(k): int(v) for k, v in raw["session_scrolled"].items()},
         )
-        state.session_clicked = [intern(k) for k in raw["session_clicked"]]
+        state.session_clicked = tuple(intern(k) for k in raw["session_clicked"])
         state.pending = {
             intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
         }

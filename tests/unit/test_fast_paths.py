@@ -59,7 +59,7 @@ def _state(rng: random.Random, catalog: list[CatalogItem]) -> UserState:
         {i: rng.randrange(1, 4) for i in rng.sample(ids, 8)},
         {i: rng.randrange(1, 3) for i in rng.sample(ids, 5)},
     )
-    state.session_clicked = rng.sample(ids, 2)
+    state.session_clicked = tuple(rng.sample(ids, 2))
     state.genre_evidence = {
         g: [e, e + rng.uniform(0.0, 3.0)] for g in rng.sample(GENRES, 3) for e in [rng.random()]
     }
