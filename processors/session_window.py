@@ -75,6 +75,7 @@ def update_window(
         if item_id is not None:
             state.session_clicked = _with_clicked(state.session_clicked, item_id)
             _append_item(state, item_id, config.last_items)
+            state.share_clicked()
     elif event_type == "impression" and item_id is not None:
         state.count_impression(item_id, _MAX_EXPOSURE_ITEMS)
 
@@ -90,6 +91,8 @@ def update_window(
         if item is not None and event_type in TASTE_TYPES:
             engaged, examined = engagement_of(event_type, event.dwell_ms)
             add_evidence(state.genre_evidence, item.genres, engaged, examined)
+        if item is not None and item.genres:
+            state.genre_affinity.share_keys(state.genre_evidence)
 
 
 def artwork_style(item: CatalogItem, artwork_id: str | None) -> str | None:

@@ -216,6 +216,18 @@ class _ArrayMap(MutableMapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
+    def share_keys(self, other: _ArrayMap) -> None:
+        """Hold the same key tuple as ``other`` when the keys are equal, in the same order.
+
+        A session's genre affinity and its genre evidence usually have the same genres in
+        the same order (both learn them from the titles the user looks at): one tuple for
+        both saves a tuple in every such state. Tuples are immutable, and a map that gains or
+        loses a key gets a new one, so sharing never lets one map change the other.
+        """
+        keys = other._keys
+        if self._keys is not keys and self._keys == keys:
+            self._keys = keys
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 
@@ -757,7 +769,24 @@ class UserState:
             )
         state.churn_alerted = bool(raw["churn_alerted"])
         state.churn_risk = float(raw["churn_risk"])
+        state.share_equal_parts()
+        if state.affinity_ts == state.last_ts:  # (the same event's time: one int object)
+            state.affinity_ts = state.last_ts
         return state
+
+    def share_equal_parts(self) -> None:
+        """Let equal immutable parts of the state be one object (an equal tuple is one less
+        tuple to hold): the clicked titles are usually the item sequence (`share_clicked`),
+        the genre affinity's genres the genre evidence's (`_ArrayMap.share_keys`)."""
+        self.share_clicked()
+        self.genre_affinity.share_keys(self.genre_evidence)
+
+    def share_clicked(self) -> None:
+        """Hold one tuple for ``session_clicked`` and ``last_items`` when they are equal
+        (clicks and plays of different titles, not more than either bound)."""
+        items = self.last_items
+        if self.session_clicked is not items and self.session_clicked == items:
+            self.session_clicked = items
 
 
 #: A snapshot's values: at most as many as a mask of non-zero positions was ever allowed

@@ -19,6 +19,7 @@ from processors.user_state import (
     RECENT_PAGES,
     STATE_VERSION,
     FloatMap,
+    PairMap,
     PendingImpression,
     UserState,
     page_id,
@@ -250,3 +251,31 @@ def test_exposure_counts_are_one_byte_each_and_bad_counts_are_refused() -> None:
         raw = state.to_dict() | {"session_scrolled": {"a": bad}}
         with pytest.raises(ValueError):
             UserState.from_dict(raw)
+
+
+def test_equal_tuples_are_shared_and_stay_independent() -> None:
+    """A restored state holds one tuple for equal clicked titles and item sequence and for
+    the genres of its affinity and evidence; changing one side leaves the other as it was."""
+    state = UserState("u")
+    state.session_clicked = state.last_items = ("a", "b")
+    state.genre_evidence = PairMap({"horror": (1.0, 2.0), "drama": (0.0, 1.0)})
+    state.genre_affinity = FloatMap({"horror": 0.5, "drama": -0.25})
+    state.last_ts = state.affinity_ts = 1_700_000_000_123
+    restored = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert restored.session_clicked is restored.last_items
+    assert restored.genre_affinity._keys is restored.genre_evidence._keys
+    assert restored.affinity_ts is restored.last_ts
+    restored.genre_affinity["comedy"] = 1.0
+    del restored.genre_evidence["horror"]
+    assert list(restored.genre_affinity.items()) == [
+        ("horror", 0.5),
+        ("drama", -0.25),
+        ("comedy", 1.0),
+    ]
+    assert list(restored.genre_evidence.items()) == [("drama", (0.0, 1.0))]
+    assert restored.to_dict() | {"genre_affinity": {}, "genre_evidence": {}} == state.to_dict() | {
+        "genre_affinity": {},
+        "genre_evidence": {},
+    }
+    unequal = state.to_dict() | {"last_items": ["b", "a"]}
+    assert UserState.from_dict(unequal).session_clicked == ("a", "b")
