@@ -14,12 +14,13 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from processors.ids import stable_hash64
 
 __all__ = [
     "EVENT_TYPE_INDEX",
+    "NO_PENDING",
     "RECENT_PAGES",
     "STATE_VERSION",
     "EventIdWindow",
@@ -362,6 +363,27 @@ class PendingImpression:
         return cls(raw[0], int(raw[1]), [float(v) for v in raw[2]], raw[3])
 
 
+class _NoPending(dict[str, PendingImpression]):
+    """The pending impressions of every state that has none: one shared empty dict.
+
+    Most states wait for no answer (impressions wait only with
+    ``learn_unanswered_impressions``), and an empty dict of their own is 64 bytes of each;
+    a dict emptied by answers keeps its table, more. Reading it is reading an empty dict;
+    writing to it is refused (`UserState.pending_to_add` gives a state its own dict).
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("NO_PENDING is shared and read-only: use UserState.pending_to_add()")
+
+    __setitem__ = __delitem__ = __ior__ = setdefault = update = popitem = clear = _refuse  # type: ignore[assignment]
+
+
+#: See `_NoPending`.
+NO_PENDING = _NoPending()
+
+
 class UserState:
     """Everything the engine remembers about one user.
 
@@ -458,7 +480,8 @@ class UserState:
         #: Titles clicked or played this session, in order (an ordered set: a tuple is a
         #: fraction of a dict's size for the few a session has).
         self.session_clicked: tuple[str, ...] = ()
-        self.pending: dict[str, PendingImpression] = {}
+        #: Impressions waiting for their label, oldest first (`NO_PENDING` when none).
+        self.pending: dict[str, PendingImpression] = NO_PENDING
         #: The session's churn snapshots back to back in one bytes object, each without its
         #: zeros and with common values in one byte (`_encode_record`), instead of one array
         #: of ``churn_width`` doubles each.
@@ -601,6 +624,13 @@ class UserState:
             self._set_count(2 * index, 0)
         else:
             self._drop_exposed(index)
+
+    def pending_to_add(self) -> dict[str, PendingImpression]:
+        """The pending impressions to add one to: the state's own dict (made on the first)."""
+        pending = self.pending
+        if pending is NO_PENDING:
+            pending = self.pending = {}
+        return pending
 
     # -- recent pages ---------------------------------------------------------------------
 
@@ -755,9 +785,10 @@ class UserState:
             {intern(k): int(v) for k, v in raw["session_scrolled"].items()},
         )
         state.session_clicked = tuple(intern(k) for k in raw["session_clicked"])
-        state.pending = {
-            intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
-        }
+        if raw["pending"]:
+            state.pending = {
+                intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
+            }
         snapshots = raw["churn_snapshots"]
         if snapshots:
             width = len(snapshots[0])

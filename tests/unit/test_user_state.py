@@ -279,3 +279,17 @@ def test_equal_tuples_are_shared_and_stay_independent() -> None:
     }
     unequal = state.to_dict() | {"last_items": ["b", "a"]}
     assert UserState.from_dict(unequal).session_clicked == ("a", "b")
+
+
+def test_states_without_pending_impressions_share_one_read_only_empty_dict() -> None:
+    first, second = UserState("a"), UserState("b")
+    assert first.pending is second.pending is user_state.NO_PENDING
+    with pytest.raises(TypeError):
+        first.pending["t1"] = PendingImpression("rec-1", 5, [0.5], None)
+    assert first.pending.pop("t1", None) is None and not second.pending
+    own = first.pending_to_add()
+    own["t1"] = PendingImpression("rec-1", 5, [0.5], None)
+    assert first.pending is own and second.pending is user_state.NO_PENDING
+    restored = UserState.from_dict(orjson.loads(orjson.dumps(first.to_dict())))
+    assert restored.pending["t1"].to_list() == own["t1"].to_list()
+    assert UserState.from_dict(second.to_dict()).pending is user_state.NO_PENDING
