@@ -75,18 +75,21 @@ class EventIdWindow:
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
-        self._fingerprints = array("Q")
+        #: The ring: 8 bytes a fingerprint, in machine order. A bytes object, not an
+        #: ``array('Q')``: ~45 bytes less a state, and `bytes.find` checks a window faster
+        #: than the array's item-by-item comparison.
+        self._fingerprints = b""
         self._next = 0  # ring position of the oldest entry once the window is full
 
     def __contains__(self, event_id: object) -> bool:
-        return isinstance(event_id, str) and _fingerprint(event_id) in self._fingerprints
+        return isinstance(event_id, str) and _holds_key(self._fingerprints, _needle(event_id))
 
     def __len__(self) -> int:
-        return len(self._fingerprints)
+        return len(self._fingerprints) >> 3
 
     def append(self, event_id: str) -> None:
         """Remember an id, forgetting the oldest one when the window is full."""
-        self._push(_fingerprint(event_id))
+        self._push(_needle(event_id))
 
     def extend(self, event_ids: Iterable[str]) -> None:
         """Remember several ids, oldest first."""
@@ -95,40 +98,50 @@ class EventIdWindow:
 
     def fingerprints(self) -> list[int]:
         """The fingerprints, oldest first (the serialized form)."""
-        ring = self._fingerprints
+        ring = memoryview(self._fingerprints).cast("Q")
         return ring[self._next :].tolist() + ring[: self._next].tolist()
 
-    def _push(self, fingerprint: int) -> None:
+    def _push(self, needle: bytes) -> None:
         if self.maxlen <= 0:
             return
         ring = self._fingerprints
-        if len(ring) < self.maxlen:
-            ring.append(fingerprint)
+        if len(ring) < 8 * self.maxlen:
+            self._fingerprints = ring + needle
         else:
-            ring[self._next] = fingerprint
+            at = 8 * self._next
+            self._fingerprints = ring[:at] + needle + ring[at + 8 :]
             self._next = (self._next + 1) % self.maxlen
 
     @classmethod
     def from_fingerprints(cls, fingerprints: Iterable[int], maxlen: int) -> EventIdWindow:
         window = cls(maxlen)
         if maxlen > 0:
-            # Built at its size in one go (appending one by one leaves spare capacity).
-            window._fingerprints = _u64_array([int(f) for f in fingerprints][-maxlen:])
+            window._fingerprints = _u64_array([int(f) for f in fingerprints][-maxlen:]).tobytes()
         return window
 
 
+def _holds_key(ring: bytes, needle: bytes) -> bool:
+    """Whether the 8-byte ``needle`` is one of the ring's 8-byte entries (a match must start
+    on an entry's first byte: one spanning two entries is not a key of the ring)."""
+    at = ring.find(needle)
+    while at > 0 and at & 7:
+        at = ring.find(needle, at + 1)
+    return at >= 0
+
+
 #: The engine asks about the same id two or three times in a row (late check, dedup, append).
-_last_fingerprint: tuple[str, int] = ("", stable_hash64(""))
+_last_needle: tuple[str, bytes] = ("", stable_hash64("").to_bytes(8, sys.byteorder))
 
 
-def _fingerprint(event_id: str) -> int:
-    global _last_fingerprint
-    last_id, last = _last_fingerprint
+def _needle(event_id: str) -> bytes:
+    """The id's fingerprint as the 8 bytes the ring holds."""
+    global _last_needle
+    last_id, last = _last_needle
     if event_id == last_id:
         return last
-    fingerprint = stable_hash64(event_id)
-    _last_fingerprint = (event_id, fingerprint)
-    return fingerprint
+    needle = stable_hash64(event_id).to_bytes(8, sys.byteorder)
+    _last_needle = (event_id, needle)
+    return needle
 
 
 def page_key(recommendation_id: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from array import array
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,16 @@ def test_states_without_pending_impressions_share_one_read_only_empty_dict() -> 
     restored = UserState.from_dict(orjson.loads(orjson.dumps(first.to_dict())))
     assert restored.pending["t1"].to_list() == own["t1"].to_list()
     assert UserState.from_dict(second.to_dict()).pending is user_state.NO_PENDING
+
+
+def test_event_id_window_matches_whole_entries_only() -> None:
+    """An id whose fingerprint's bytes straddle two entries of the ring is not in it."""
+    needle = user_state._needle("x")
+    straddle = bytes(4) + needle + bytes(4)  # two entries, the needle across their border
+    window = user_state.EventIdWindow.from_fingerprints(memoryview(straddle).cast("Q").tolist(), 4)
+    assert len(window) == 2 and "x" not in window
+    window.extend(["x", "y", "z"])
+    assert "x" in window and len(window) == 4
+    window.append("w")  # full: the oldest entry goes, the straddling bytes with it
+    assert window.fingerprints()[-1] == int.from_bytes(user_state._needle("w"), sys.byteorder)
+    assert ["x" in window, "w" in window, len(window)] == [True, True, 4]
