@@ -122,9 +122,7 @@ def _add_affinity(
     affinity = state.genre_affinity
     if ts > state.affinity_ts:
         if affinity:
-            factor = _decay_factor(ts - state.affinity_ts, config.genre_half_life_ms)
-            for genre in affinity:
-                affinity[genre] *= factor
+            affinity.scale(_decay_factor(ts - state.affinity_ts, config.genre_half_life_ms))
         state.affinity_ts = ts
         age_factor = 1.0
     else:  # out-of-order event: add it as already decayed to the window's clock

@@ -187,21 +187,23 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 _last_page_key: tuple[str, int] = ("", stable_hash64(""))
 
 
-#: The values of every empty `_ArrayMap` (one shared array: values are only ever changed in
-#: place for a key that exists, so an empty map's array is never written to).
-_NO_VALUES = array("d")
+_PAIR = struct.Struct("dd")
+_DOUBLE = struct.Struct("d")
 
 
 class _ArrayMap(MutableMapping[str, Any]):
     """The storage of `PairMap` and `FloatMap`: a user's few keys in insertion order and their
-    values in one flat ``array('d')``, ``_width`` doubles a key, stored exactly as given.
+    values in one bytes object, ``_width`` doubles (machine order) a key, stored exactly as
+    given.
 
     A small dict costs ~190 bytes before its values, and every float value is a 24-byte
     object (a pair in a list, ~120 bytes); the few genres and styles of a user cost ~1.5 KB
     of every state that way. A lookup is a scan of the key tuple, as fast as hashing for the
-    handful of keys a user has. The tuple and the array hold exactly the keys there are: a
+    handful of keys a user has. The tuple and the bytes hold exactly the keys there are: a
     new key is rare (a genre or style seen for the first time), so growing by copying costs
-    little and nothing is held in reserve.
+    little and nothing is held in reserve. Bytes rather than an ``array('d')``: ~45 bytes
+    less a map (an array's header is 64 bytes and its items a second block); a value set is
+    a copy of the few bytes, as cheap as the array's item access for a handful of keys.
     """
 
     __slots__ = ("_keys", "_values")
@@ -209,14 +211,19 @@ class _ArrayMap(MutableMapping[str, Any]):
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         self._keys: tuple[str, ...] = ()
-        self._values = _NO_VALUES
+        self._values = b""
         pairs = items.items() if isinstance(items, Mapping) else items
         for key, value in pairs:
             self[key] = value
 
-    def _append(self, key: str, values: Sequence[float]) -> None:
+    def _append(self, key: str, packed: bytes) -> None:
         self._keys = (*self._keys, key)
-        self._values = self._values + array("d", values)
+        self._values += packed
+
+    def _replace(self, index: int, packed: bytes) -> None:
+        values = self._values
+        at = 8 * self._width * index
+        self._values = values[:at] + packed + values[at + len(packed) :]
 
     def __delitem__(self, key: str) -> None:
         try:
@@ -224,8 +231,8 @@ class _ArrayMap(MutableMapping[str, Any]):
         except ValueError:
             raise KeyError(key) from None
         self._keys = self._keys[:index] + self._keys[index + 1 :]
-        width, values = self._width, self._values
-        self._values = values[: width * index] + values[width * (index + 1) :] or _NO_VALUES
+        size, values = 8 * self._width, self._values
+        self._values = values[: size * index] + values[size * (index + 1) :]
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
@@ -244,6 +251,9 @@ class _ArrayMap(MutableMapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._keys)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -269,34 +279,31 @@ class PairMap(_ArrayMap):
 
     def __getitem__(self, key: str) -> tuple[float, float]:
         try:
-            at = 2 * self._keys.index(key)
+            index = self._keys.index(key)
         except ValueError:
             raise KeyError(key) from None
-        values = self._values
-        return values[at], values[at + 1]
+        return _PAIR.unpack_from(self._values, 16 * index)  # type: ignore[return-value]
 
     def get(self, key: str, default: Any = None) -> Any:
         keys = self._keys
         if key not in keys:  # most lookups miss (every genre is asked): no exception for them
             return default
-        at = 2 * keys.index(key)
-        values = self._values
-        return values[at], values[at + 1]
+        return _PAIR.unpack_from(self._values, 16 * keys.index(key))
 
     def __setitem__(self, key: str, value: Sequence[float]) -> None:
         first, second = value
+        packed = _PAIR.pack(first, second)
         try:
-            at = 2 * self._keys.index(key)
+            index = self._keys.index(key)
         except ValueError:
-            self._append(key, (first, second))
+            self._append(key, packed)
             return
-        values = self._values
-        values[at] = first
-        values[at + 1] = second
+        self._replace(index, packed)
 
 
 class FloatMap(_ArrayMap):
-    """``key → float``: the session's genre affinity (``processors.session_window``).
+    """``key → float`` in insertion order: the session's genre affinity
+    (``processors.session_window``) and the titles to continue watching, by recency.
 
     Examples
     --------
@@ -310,28 +317,48 @@ class FloatMap(_ArrayMap):
 
     def __getitem__(self, key: str) -> float:
         try:
-            return self._values[self._keys.index(key)]
+            index = self._keys.index(key)
         except ValueError:
             raise KeyError(key) from None
+        return _DOUBLE.unpack_from(self._values, 8 * index)[0]  # type: ignore[no-any-return]
 
     def get(self, key: str, default: Any = None) -> Any:
         keys = self._keys
         if key not in keys:
             return default
-        return self._values[keys.index(key)]
+        return _DOUBLE.unpack_from(self._values, 8 * keys.index(key))[0]
 
     def __setitem__(self, key: str, value: float) -> None:
+        packed = _DOUBLE.pack(value)
         try:
-            self._values[self._keys.index(key)] = value
+            index = self._keys.index(key)
         except ValueError:
-            self._append(key, (value,))
+            self._append(key, packed)
+            return
+        self._replace(index, packed)
+
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        """Remove a key and return its value (``default`` if absent: no exception raised and
+        caught, as the generic one does for every title that is not there)."""
+        if key not in self._keys:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        value = self[key]
+        del self[key]
+        return value
+
+    def scale(self, factor: float) -> None:
+        """Multiply every value by ``factor`` (``value * factor`` each, as ``map[k] *= f``
+        would, in one copy instead of one per key)."""
+        self._values = array("d", [value * factor for value in self.values()]).tobytes()
 
     def items(self) -> list[tuple[str, float]]:  # type: ignore[override]
         """The pairs as a list (read on every page: faster than the generic view)."""
-        return list(zip(self._keys, self._values, strict=True))
+        return list(zip(self._keys, memoryview(self._values).cast("d").tolist(), strict=True))
 
     def values(self) -> list[float]:  # type: ignore[override]
-        return self._values.tolist()
+        return memoryview(self._values).cast("d").tolist()
 
 
 def _feature_row(features: Sequence[float]) -> array[float]:
@@ -447,7 +474,8 @@ class UserState:
         self.user_id = user_id
         self.variant = ""
         self.sessions_total = 0
-        self.continue_watching: dict[str, float] = {}
+        #: Title → progress to resume at, oldest first (re-inserted on each pause).
+        self.continue_watching = FloatMap()
         self.recent_event_ids = EventIdWindow(dedup_window)
         #: `page_key` of this user's last ``RECENT_PAGES`` pages, oldest first (attribution).
         self.recent_pages = array("Q")
@@ -715,7 +743,7 @@ class UserState:
             "user_id": self.user_id,
             "variant": self.variant,
             "sessions_total": self.sessions_total,
-            "continue_watching": self.continue_watching,
+            "continue_watching": dict(self.continue_watching.items()),
             "recent_event_ids": self.recent_event_ids.fingerprints(),
             "dedup_window": self.recent_event_ids.maxlen,
             "last_recommendation_id": self.last_recommendation_id,
@@ -758,7 +786,9 @@ class UserState:
         state = cls(raw["user_id"], dedup_window=int(raw["dedup_window"]))
         state.variant = intern(raw["variant"])
         state.sessions_total = int(raw["sessions_total"])
-        state.continue_watching = {intern(k): float(v) for k, v in raw["continue_watching"].items()}
+        state.continue_watching = FloatMap(
+            (intern(k), float(v)) for k, v in raw["continue_watching"].items()
+        )
         if version == 1:  # ids, not fingerprints
             state.recent_event_ids.extend(raw["recent_event_ids"])
         else:
@@ -872,11 +902,15 @@ def _mask_bytes(width: int) -> int:
     return (width + 7) >> 3
 
 
+def _length_bytes(width: int) -> int:
+    """Bytes of a record's body length: one while the longest body (9 bytes a value) fits."""
+    return 1 if 9 * width < 256 else 2
+
+
 def _encode_record(vector: Sequence[float]) -> bytes:
     """A churn snapshot as bytes, exactly: a mask of its non-zero positions, the length of
-    its float payloads in 4-byte words (so a record's length is known without reading its
-    codes), then one code byte per kept value (``_CODE_VALUES``' index, or a float32 or
-    float64 after it).
+    the rest (so the records of a session are walked without reading their codes), then one
+    code byte per kept value (``_CODE_VALUES``' index, or a float32 or float64 after it).
 
     About half of a snapshot's values are 0.0 (counts of what did not happen yet, a flag
     that is off) and most others are a flag, the log of a small count or the hour's sine
@@ -885,40 +919,49 @@ def _encode_record(vector: Sequence[float]) -> bytes:
     """
     mask = 0
     bit = 1
-    words = 0
     body = bytearray()
-    codes = _VALUE_CODES
+    append = body.append
+    code_of = _VALUE_CODES.get
     scratch = _FLOAT32
     copysign = math.copysign
     for value in vector:
         if value or copysign(1.0, value) < 0.0:  # (NaN is truthy, so kept too)
             mask |= bit
-            code = codes.get(value)  # (-0.0 has no code: 0.0 is not in the table)
+            code = code_of(value)  # (-0.0 has no code: 0.0 is not in the table)
             if code is not None:
-                body.append(code)
+                append(code)
             else:
                 scratch[0] = value
                 if scratch[0] == value:
-                    body.append(_FLOAT32_CODE)
-                    body += scratch.tobytes()
-                    words += 1
+                    append(_FLOAT32_CODE)
+                    body += _F32.pack(value)
                 else:
-                    body.append(_FLOAT64_CODE)
+                    append(_FLOAT64_CODE)
                     body += _F64.pack(value)
-                    words += 2
         bit <<= 1
-    return mask.to_bytes(_mask_bytes(len(vector)), "little") + bytes((words,)) + body
+    width = len(vector)
+    return (
+        mask.to_bytes(_mask_bytes(width), "little")
+        + len(body).to_bytes(_length_bytes(width), "little")
+        + body
+    )
 
 
 def _record_starts(flat: bytes, width: int) -> list[int]:
     """Where each `_encode_record` of ``width`` values starts in a session's snapshots."""
     starts = []
     mask_bytes = _mask_bytes(width)
+    header = mask_bytes + _length_bytes(width)
+    end = len(flat)
     at = 0
-    while at < len(flat):
-        starts.append(at)
-        kept = int.from_bytes(flat[at : at + mask_bytes], "little").bit_count()
-        at += mask_bytes + 1 + kept + 4 * flat[at + mask_bytes]
+    if header == mask_bytes + 1:
+        while at < end:
+            starts.append(at)
+            at += header + flat[at + mask_bytes]
+    else:
+        while at < end:
+            starts.append(at)
+            at += header + int.from_bytes(flat[at + mask_bytes : at + header], "little")
     return starts
 
 
@@ -928,7 +971,7 @@ def _decode_record(flat: bytes, start: int, width: int) -> array[float]:
     mask_bytes = _mask_bytes(width)
     mask = int.from_bytes(flat[start : start + mask_bytes], "little")
     values = _CODE_VALUES
-    at = start + mask_bytes + 1
+    at = start + mask_bytes + _length_bytes(width)
     for index in range(width):
         if mask >> index & 1:
             code = flat[at]

@@ -165,24 +165,60 @@ def test_pending_features_keep_their_values() -> None:
 
 
 def test_float_map_behaves_like_a_dict() -> None:
+    """Insertion order, deletes, pops, scaling and re-insertion (continue watching) as a dict,
+    every value bit for bit."""
     rng = random.Random(11)
     compact, reference = FloatMap(), {}
     for _ in range(2_000):
         key = f"g{rng.randrange(10)}"
-        if rng.random() < 0.3 and key in reference:
+        roll = rng.random()
+        if roll < 0.2 and key in reference:
             del compact[key], reference[key]
-        elif key in reference and rng.random() < 0.5:
+        elif roll < 0.3:
+            assert compact.pop(key, None) == reference.pop(key, None)
+        elif roll < 0.4:
+            factor = rng.uniform(0.1, 1.0)
+            compact.scale(factor)
+            for name in reference:
+                reference[name] *= factor
+        elif key in reference and roll < 0.6:
             compact[key] *= 0.5
             reference[key] *= 0.5
         else:
-            compact[key] = reference[key] = compact.get(key, 0.0) + rng.uniform(-1, 1)
-        assert compact.items() == list(reference.items())
+            compact[key] = reference[key] = compact.get(key, 0.0) + rng.choice(
+                [rng.uniform(-1, 1), -0.0]
+            )
+        assert [(k, v, math.copysign(1, v)) for k, v in compact.items()] == [
+            (k, v, math.copysign(1, v)) for k, v in reference.items()
+        ]
         assert compact.values() == list(reference.values())
-        assert min(compact, key=lambda g: abs(compact[g])) == min(
-            reference, key=lambda g: abs(reference[g])
+        assert list(reversed(compact)) == list(reversed(reference))
+        assert (
+            min(compact, key=lambda g: abs(compact[g]))
+            == min(reference, key=lambda g: abs(reference[g]))
+            if reference
+            else not compact
         )
     assert compact == reference
-    assert len(user_state._NO_VALUES) == 0, "the array empty maps share is never written"
+    with pytest.raises(KeyError):
+        compact.pop("absent")
+    with pytest.raises(KeyError):
+        compact["absent"]
+
+
+def test_pair_map_behaves_like_a_dict_of_pairs() -> None:
+    rng = random.Random(12)
+    compact, reference = PairMap(), {}
+    for _ in range(2_000):
+        key = f"g{rng.randrange(8)}"
+        if rng.random() < 0.25 and key in reference:
+            del compact[key], reference[key]
+        else:
+            first, second = compact.get(key, (0.0, 0.0))
+            value = (first + rng.random(), second + rng.choice([1.0, -0.0, 2.5]))
+            compact[key] = reference[key] = value
+        assert [(k, compact[k]) for k in compact] == list(reference.items())
+        assert compact.get("absent", (0.0, 0.0)) == (0.0, 0.0)
 
 
 def test_out_of_range_keys_are_an_unreadable_checkpoint() -> None:
@@ -307,3 +343,18 @@ def test_event_id_window_matches_whole_entries_only() -> None:
     window.append("w")  # full: the oldest entry goes, the straddling bytes with it
     assert window.fingerprints()[-1] == int.from_bytes(user_state._needle("w"), sys.byteorder)
     assert ["x" in window, "w" in window, len(window)] == [True, True, 4]
+
+
+@pytest.mark.parametrize("width", [0, 1, 28, 29, 52])
+def test_churn_snapshots_of_any_width_are_walked_and_read_back(width: int) -> None:
+    """Wide snapshots (bodies past 255 bytes: a two-byte length) as the usual ones."""
+    rng = random.Random(width)
+    state = UserState("u")
+    reference: list[list[float]] = []
+    for _ in range(7):
+        row = [rng.choice([0.0, 1.0, rng.random(), 0.5]) for _ in range(width)]
+        state.add_churn_snapshot(row, 4)
+        reference.append(row)
+        if len(reference) > 4:
+            del reference[1]
+        assert [r.tolist() for r in state.churn_snapshot_rows()] == reference
