@@ -35,7 +35,7 @@ from processors.taste import (
     engagement_of,
     rate,
 )
-from processors.user_state import PendingImpression, UserState
+from processors.user_state import NO_PENDING, PendingImpression, UserState
 from schemas.codec import (
     DEFAULT_LIMITS,
     CodecLimits,
@@ -202,6 +202,8 @@ class Engine:
             effects.attributed_variant = state.page_variant(event.recommendation_id)
         item = self.catalog.get(event.item_id) if event.item_id is not None else None
         self._learn_from_outcome(state, event, effects)
+        if not state.pending:  # (an emptied dict keeps its table: the shared empty one instead)
+            state.pending = NO_PENDING
         self._learn_taste(state, event, item)
         update_window(state, event, item, config)
         self._update_indexes(state, event)
@@ -367,7 +369,7 @@ class Engine:
             if previous is not None:  # shown again before any answer: the first showing failed
                 self._learn_rank(item_id, previous.features, False, previous.artwork_id, state)
                 effects.labels.append((item_id, False))
-            state.pending[item_id] = PendingImpression(
+            state.pending_to_add()[item_id] = PendingImpression(
                 event.recommendation_id, event.ts, features, event.artwork_id
             )
             if len(state.pending) > self.config.pending_impressions:

@@ -271,6 +271,7 @@ def rank_features(
 ) -> list[float]:
     """Session-by-item feature row in ``RANK_FEATURE_NAMES`` order."""
     log1p = math.log1p
+    impressions, scroll_pasts = state.exposure(item_id)
     if item is not None and item.genres:
         affinity = context.affinity
         item_affinity = sum(affinity.get(genre, 0.0) for genre in item.genres) / len(item.genres)
@@ -293,8 +294,8 @@ def rank_features(
         1.0 if signals.knn_score > 0 else 0.0,
         log1p(signals.trending_score),
         signals.resume_progress,
-        log1p(state.session_impressed.get(item_id, 0)),
-        log1p(state.session_scrolled.get(item_id, 0)),
+        log1p(impressions),
+        log1p(scroll_pasts),
         1.0 if item_id in state.session_clicked else 0.0,
         duration_log if context.device_is_mobile else 0.0,
         1.0 if item is None else 0.0,
@@ -558,8 +559,7 @@ def rank_feature_matrix(
             k = position.get(item_id)
             if k is not None:
                 features[k, 7] = progress
-    _count_column(features, 8, state.session_impressed, position)
-    _count_column(features, 9, state.session_scrolled, position)
+    _exposure_columns(features, state, position)
     for item_id in state.session_clicked:
         k = position.get(item_id)
         if k is not None:
@@ -571,20 +571,27 @@ def rank_feature_matrix(
     return features
 
 
-def _count_column(
-    features: np.ndarray, column: int, counts: Mapping[str, int], position: Mapping[str, int]
-) -> None:
-    """``log1p(count)`` of the candidates a per-session count map mentions."""
-    if not counts:
+def _exposure_columns(features: np.ndarray, state: UserState, position: Mapping[str, int]) -> None:
+    """``log1p`` of the session's impressions (column 8) and scroll-pasts (column 9) of the
+    candidates, in one pass over the titles the session exposed."""
+    if not state.session_exposed:
         return
-    at = []
-    values = []
+    impressed_at: list[int] = []
+    impressions: list[int] = []
+    scrolled_at: list[int] = []
+    scroll_pasts: list[int] = []
     get = position.get
-    for item_id, count in counts.items():
+    for item_id, impressed, scrolled in state.exposure_counts():
         k = get(item_id)
         if k is not None:
-            at.append(k)
-            values.append(count)
-    if at:
-        log1p = math.log1p  # not np.log1p: see rank_feature_matrix
-        features[at, column] = list(map(log1p, values))
+            if impressed:
+                impressed_at.append(k)
+                impressions.append(impressed)
+            if scrolled:
+                scrolled_at.append(k)
+                scroll_pasts.append(scrolled)
+    log1p = math.log1p  # not np.log1p: see rank_feature_matrix
+    if impressed_at:
+        features[impressed_at, 8] = list(map(log1p, impressions))
+    if scrolled_at:
+        features[scrolled_at, 9] = list(map(log1p, scroll_pasts))

@@ -69,14 +69,15 @@ def update_window(
         state.scroll_streak += 1
         state.max_scroll_streak = max(state.max_scroll_streak, state.scroll_streak)
         if item_id is not None:
-            _bump(state.session_scrolled, item_id)
+            state.count_scroll_past(item_id, _MAX_EXPOSURE_ITEMS)
     elif event_type in SEQUENCE_TYPES:
         state.scroll_streak = 0
         if item_id is not None:
-            _add_clicked(state.session_clicked, item_id)
+            state.session_clicked = _with_clicked(state.session_clicked, item_id)
             _append_item(state, item_id, config.last_items)
+            state.share_clicked()
     elif event_type == "impression" and item_id is not None:
-        _bump(state.session_impressed, item_id)
+        state.count_impression(item_id, _MAX_EXPOSURE_ITEMS)
 
     if event_type in ("pause", "completion", "drop_off") and event.progress is not None:
         state.progress_sum += event.progress
@@ -90,6 +91,8 @@ def update_window(
         if item is not None and event_type in TASTE_TYPES:
             engaged, examined = engagement_of(event_type, event.dwell_ms)
             add_evidence(state.genre_evidence, item.genres, engaged, examined)
+        if item is not None and item.genres:
+            state.genre_affinity.share_keys(state.genre_evidence)
 
 
 def artwork_style(item: CatalogItem, artwork_id: str | None) -> str | None:
@@ -119,9 +122,7 @@ def _add_affinity(
     affinity = state.genre_affinity
     if ts > state.affinity_ts:
         if affinity:
-            factor = _decay_factor(ts - state.affinity_ts, config.genre_half_life_ms)
-            for genre in affinity:
-                affinity[genre] *= factor
+            affinity.scale(_decay_factor(ts - state.affinity_ts, config.genre_half_life_ms))
         state.affinity_ts = ts
         age_factor = 1.0
     else:  # out-of-order event: add it as already decayed to the window's clock
@@ -154,23 +155,16 @@ def _append_item(state: UserState, item_id: str, limit: int) -> None:
     items = state.last_items
     if items and items[-1] == item_id:
         return  # a click followed by a play of the same title is one step of the sequence
-    items.append(item_id)
-    if len(items) > limit:
-        del items[0]
+    items = (*items, item_id)
+    state.last_items = items[1:] if len(items) > limit else items
 
 
-def _add_clicked(clicked: list[str], item_id: str) -> None:
-    """Add a title to the session's clicked ones: an ordered set, the oldest forgotten first."""
-    if item_id not in clicked:
-        clicked.append(item_id)
-        if len(clicked) > _MAX_EXPOSURE_ITEMS:
-            del clicked[0]
-
-
-def _bump(counts: dict[str, int], item_id: str) -> None:
-    counts[item_id] = counts.get(item_id, 0) + 1
-    if len(counts) > _MAX_EXPOSURE_ITEMS:
-        del counts[next(iter(counts))]
+def _with_clicked(clicked: tuple[str, ...], item_id: str) -> tuple[str, ...]:
+    """The session's clicked titles with one more: an ordered set, the oldest forgotten first."""
+    if item_id in clicked:
+        return clicked
+    clicked = (*clicked, item_id)
+    return clicked[1:] if len(clicked) > _MAX_EXPOSURE_ITEMS else clicked
 
 
 def _decay_factor(elapsed_ms: int, half_life_ms: int) -> float:

@@ -10,15 +10,17 @@ event are acknowledged, not from immutability.
 from __future__ import annotations
 
 import math
+import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from processors.ids import stable_hash64
 
 __all__ = [
     "EVENT_TYPE_INDEX",
+    "NO_PENDING",
     "RECENT_PAGES",
     "STATE_VERSION",
     "EventIdWindow",
@@ -73,18 +75,21 @@ class EventIdWindow:
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
-        self._fingerprints = array("Q")
+        #: The ring: 8 bytes a fingerprint, in machine order. A bytes object, not an
+        #: ``array('Q')``: ~45 bytes less a state, and `bytes.find` checks a window faster
+        #: than the array's item-by-item comparison.
+        self._fingerprints = b""
         self._next = 0  # ring position of the oldest entry once the window is full
 
     def __contains__(self, event_id: object) -> bool:
-        return isinstance(event_id, str) and _fingerprint(event_id) in self._fingerprints
+        return isinstance(event_id, str) and _holds_key(self._fingerprints, _needle(event_id))
 
     def __len__(self) -> int:
-        return len(self._fingerprints)
+        return len(self._fingerprints) >> 3
 
     def append(self, event_id: str) -> None:
         """Remember an id, forgetting the oldest one when the window is full."""
-        self._push(_fingerprint(event_id))
+        self._push(_needle(event_id))
 
     def extend(self, event_ids: Iterable[str]) -> None:
         """Remember several ids, oldest first."""
@@ -93,40 +98,59 @@ class EventIdWindow:
 
     def fingerprints(self) -> list[int]:
         """The fingerprints, oldest first (the serialized form)."""
-        ring = self._fingerprints
+        ring = memoryview(self._fingerprints).cast("Q")
         return ring[self._next :].tolist() + ring[: self._next].tolist()
 
-    def _push(self, fingerprint: int) -> None:
+    def _push(self, needle: bytes) -> None:
         if self.maxlen <= 0:
             return
         ring = self._fingerprints
-        if len(ring) < self.maxlen:
-            ring.append(fingerprint)
+        if len(ring) < 8 * self.maxlen:
+            self._fingerprints = ring + needle
         else:
-            ring[self._next] = fingerprint
+            at = 8 * self._next
+            self._fingerprints = ring[:at] + needle + ring[at + 8 :]
             self._next = (self._next + 1) % self.maxlen
 
     @classmethod
     def from_fingerprints(cls, fingerprints: Iterable[int], maxlen: int) -> EventIdWindow:
         window = cls(maxlen)
         if maxlen > 0:
-            # Built at its size in one go (appending one by one leaves spare capacity).
-            window._fingerprints = _u64_array([int(f) for f in fingerprints][-maxlen:])
+            window._fingerprints = _u64_array([int(f) for f in fingerprints][-maxlen:]).tobytes()
         return window
 
 
+def _holds_key(ring: bytes, needle: bytes) -> bool:
+    """Whether the 8-byte ``needle`` is one of the ring's 8-byte entries."""
+    return _key_index(ring, needle) >= 0
+
+
+def _key_index(keys: bytes, needle: bytes) -> int:
+    """The index of the 8-byte ``needle`` among the 8-byte entries of ``keys``, -1 if absent
+    (a match must start on an entry's first byte: one spanning two entries is not a key)."""
+    at = keys.find(needle)
+    while at > 0 and at & 7:
+        at = keys.find(needle, at + 1)
+    return at >> 3 if at >= 0 else -1
+
+
+def _key_bytes(key: int) -> bytes:
+    return key.to_bytes(8, sys.byteorder)
+
+
 #: The engine asks about the same id two or three times in a row (late check, dedup, append).
-_last_fingerprint: tuple[str, int] = ("", stable_hash64(""))
+_last_needle: tuple[str, bytes] = ("", stable_hash64("").to_bytes(8, sys.byteorder))
 
 
-def _fingerprint(event_id: str) -> int:
-    global _last_fingerprint
-    last_id, last = _last_fingerprint
+def _needle(event_id: str) -> bytes:
+    """The id's fingerprint as the 8 bytes the ring holds."""
+    global _last_needle
+    last_id, last = _last_needle
     if event_id == last_id:
         return last
-    fingerprint = stable_hash64(event_id)
-    _last_fingerprint = (event_id, fingerprint)
-    return fingerprint
+    needle = stable_hash64(event_id).to_bytes(8, sys.byteorder)
+    _last_needle = (event_id, needle)
+    return needle
 
 
 def page_key(recommendation_id: str) -> int:
@@ -172,21 +196,23 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 _last_page_key: tuple[str, int] = ("", stable_hash64(""))
 
 
-#: The values of every empty `_ArrayMap` (one shared array: values are only ever changed in
-#: place for a key that exists, so an empty map's array is never written to).
-_NO_VALUES = array("d")
+_PAIR = struct.Struct("dd")
+_DOUBLE = struct.Struct("d")
 
 
 class _ArrayMap(MutableMapping[str, Any]):
     """The storage of `PairMap` and `FloatMap`: a user's few keys in insertion order and their
-    values in one flat ``array('d')``, ``_width`` doubles a key, stored exactly as given.
+    values in one bytes object, ``_width`` doubles (machine order) a key, stored exactly as
+    given.
 
     A small dict costs ~190 bytes before its values, and every float value is a 24-byte
     object (a pair in a list, ~120 bytes); the few genres and styles of a user cost ~1.5 KB
     of every state that way. A lookup is a scan of the key tuple, as fast as hashing for the
-    handful of keys a user has. The tuple and the array hold exactly the keys there are: a
+    handful of keys a user has. The tuple and the bytes hold exactly the keys there are: a
     new key is rare (a genre or style seen for the first time), so growing by copying costs
-    little and nothing is held in reserve.
+    little and nothing is held in reserve. Bytes rather than an ``array('d')``: ~45 bytes
+    less a map (an array's header is 64 bytes and its items a second block); a value set is
+    a copy of the few bytes, as cheap as the array's item access for a handful of keys.
     """
 
     __slots__ = ("_keys", "_values")
@@ -194,14 +220,19 @@ class _ArrayMap(MutableMapping[str, Any]):
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         self._keys: tuple[str, ...] = ()
-        self._values = _NO_VALUES
+        self._values = b""
         pairs = items.items() if isinstance(items, Mapping) else items
         for key, value in pairs:
             self[key] = value
 
-    def _append(self, key: str, values: Sequence[float]) -> None:
+    def _append(self, key: str, packed: bytes) -> None:
         self._keys = (*self._keys, key)
-        self._values = self._values + array("d", values)
+        self._values += packed
+
+    def _replace(self, index: int, packed: bytes) -> None:
+        values = self._values
+        at = 8 * self._width * index
+        self._values = values[:at] + packed + values[at + len(packed) :]
 
     def __delitem__(self, key: str) -> None:
         try:
@@ -209,14 +240,29 @@ class _ArrayMap(MutableMapping[str, Any]):
         except ValueError:
             raise KeyError(key) from None
         self._keys = self._keys[:index] + self._keys[index + 1 :]
-        width, values = self._width, self._values
-        self._values = values[: width * index] + values[width * (index + 1) :] or _NO_VALUES
+        size, values = 8 * self._width, self._values
+        self._values = values[: size * index] + values[size * (index + 1) :]
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
+    def share_keys(self, other: _ArrayMap) -> None:
+        """Hold the same key tuple as ``other`` when the keys are equal, in the same order.
+
+        A session's genre affinity and its genre evidence usually have the same genres in
+        the same order (both learn them from the titles the user looks at): one tuple for
+        both saves a tuple in every such state. Tuples are immutable, and a map that gains or
+        loses a key gets a new one, so sharing never lets one map change the other.
+        """
+        keys = other._keys
+        if self._keys is not keys and self._keys == keys:
+            self._keys = keys
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._keys)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -242,34 +288,31 @@ class PairMap(_ArrayMap):
 
     def __getitem__(self, key: str) -> tuple[float, float]:
         try:
-            at = 2 * self._keys.index(key)
+            index = self._keys.index(key)
         except ValueError:
             raise KeyError(key) from None
-        values = self._values
-        return values[at], values[at + 1]
+        return _PAIR.unpack_from(self._values, 16 * index)  # type: ignore[return-value]
 
     def get(self, key: str, default: Any = None) -> Any:
         keys = self._keys
         if key not in keys:  # most lookups miss (every genre is asked): no exception for them
             return default
-        at = 2 * keys.index(key)
-        values = self._values
-        return values[at], values[at + 1]
+        return _PAIR.unpack_from(self._values, 16 * keys.index(key))
 
     def __setitem__(self, key: str, value: Sequence[float]) -> None:
         first, second = value
+        packed = _PAIR.pack(first, second)
         try:
-            at = 2 * self._keys.index(key)
+            index = self._keys.index(key)
         except ValueError:
-            self._append(key, (first, second))
+            self._append(key, packed)
             return
-        values = self._values
-        values[at] = first
-        values[at + 1] = second
+        self._replace(index, packed)
 
 
 class FloatMap(_ArrayMap):
-    """``key → float``: the session's genre affinity (``processors.session_window``).
+    """``key → float`` in insertion order: the session's genre affinity
+    (``processors.session_window``) and the titles to continue watching, by recency.
 
     Examples
     --------
@@ -283,28 +326,48 @@ class FloatMap(_ArrayMap):
 
     def __getitem__(self, key: str) -> float:
         try:
-            return self._values[self._keys.index(key)]
+            index = self._keys.index(key)
         except ValueError:
             raise KeyError(key) from None
+        return _DOUBLE.unpack_from(self._values, 8 * index)[0]  # type: ignore[no-any-return]
 
     def get(self, key: str, default: Any = None) -> Any:
         keys = self._keys
         if key not in keys:
             return default
-        return self._values[keys.index(key)]
+        return _DOUBLE.unpack_from(self._values, 8 * keys.index(key))[0]
 
     def __setitem__(self, key: str, value: float) -> None:
+        packed = _DOUBLE.pack(value)
         try:
-            self._values[self._keys.index(key)] = value
+            index = self._keys.index(key)
         except ValueError:
-            self._append(key, (value,))
+            self._append(key, packed)
+            return
+        self._replace(index, packed)
+
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        """Remove a key and return its value (``default`` if absent: no exception raised and
+        caught, as the generic one does for every title that is not there)."""
+        if key not in self._keys:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        value = self[key]
+        del self[key]
+        return value
+
+    def scale(self, factor: float) -> None:
+        """Multiply every value by ``factor`` (``value * factor`` each, as ``map[k] *= f``
+        would, in one copy instead of one per key)."""
+        self._values = array("d", [value * factor for value in self.values()]).tobytes()
 
     def items(self) -> list[tuple[str, float]]:  # type: ignore[override]
         """The pairs as a list (read on every page: faster than the generic view)."""
-        return list(zip(self._keys, self._values, strict=True))
+        return list(zip(self._keys, memoryview(self._values).cast("d").tolist(), strict=True))
 
     def values(self) -> list[float]:  # type: ignore[override]
-        return self._values.tolist()
+        return memoryview(self._values).cast("d").tolist()
 
 
 def _feature_row(features: Sequence[float]) -> array[float]:
@@ -349,6 +412,27 @@ class PendingImpression:
         return cls(raw[0], int(raw[1]), [float(v) for v in raw[2]], raw[3])
 
 
+class _NoPending(dict[str, PendingImpression]):
+    """The pending impressions of every state that has none: one shared empty dict.
+
+    Most states wait for no answer (impressions wait only with
+    ``learn_unanswered_impressions``), and an empty dict of their own is 64 bytes of each;
+    a dict emptied by answers keeps its table, more. Reading it is reading an empty dict;
+    writing to it is refused (`UserState.pending_to_add` gives a state its own dict).
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("NO_PENDING is shared and read-only: use UserState.pending_to_add()")
+
+    __setitem__ = __delitem__ = __ior__ = setdefault = update = popitem = clear = _refuse  # type: ignore[assignment]
+
+
+#: See `_NoPending`.
+NO_PENDING = _NoPending()
+
+
 class UserState:
     """Everything the engine remembers about one user.
 
@@ -356,7 +440,7 @@ class UserState:
     ``sessions_total``, the taste evidence, the recent pages and the dedup window carry over.
     A worker holds one per active user, so the larger fields are kept compact (see
     ``stream.bench.memory`` for what each costs): 64-bit keys for the recent pages, one flat
-    array for the churn snapshots, `PairMap` for the taste evidence.
+    byte string for the churn snapshots, `PairMap` for the taste evidence.
     """
 
     __slots__ = (
@@ -383,9 +467,10 @@ class UserState:
         "scroll_streak",
         "session_clicked",
         "session_events",
+        "session_exposed",
+        "session_exposure",
         "session_id",
-        "session_impressed",
-        "session_scrolled",
+        "session_scroll_order",
         "session_start",
         "sessions_total",
         "style_evidence",
@@ -398,10 +483,13 @@ class UserState:
         self.user_id = user_id
         self.variant = ""
         self.sessions_total = 0
-        self.continue_watching: dict[str, float] = {}
+        #: Title → progress to resume at, oldest first (re-inserted on each pause).
+        self.continue_watching = FloatMap()
         self.recent_event_ids = EventIdWindow(dedup_window)
         #: `page_key` of this user's last ``RECENT_PAGES`` pages, oldest first (attribution).
-        self.recent_pages = array("Q")
+        #: `page_key` of the last ``RECENT_PAGES`` pages, 8 bytes each (machine order), oldest
+        #: first: a bytes object, ~45 bytes less than an ``array('Q')``.
+        self.recent_pages = b""
         self._last_page = -1  # index in recent_pages of the page served last
         #: genre → (engagement, examined) and artwork style → (observed, expected) engagement
         #: (``processors.taste``): carried from session to session at a discount, so a
@@ -429,16 +517,27 @@ class UserState:
         #: genre → affinity weight, undecayed since ``affinity_ts`` (``session_window``).
         self.genre_affinity = FloatMap()
         self.affinity_ts = 0
-        self.last_items: list[str] = []
-        self.session_impressed: dict[str, int] = {}
-        self.session_scrolled: dict[str, int] = {}
-        #: Titles clicked or played this session, in order (an ordered set: a list is half a
-        #: dict's size for the few a session has).
-        self.session_clicked: list[str] = []
-        self.pending: dict[str, PendingImpression] = {}
-        #: The session's churn snapshots back to back in one float64 array, each without its
-        #: zeros (`_sparse_record`), instead of one array of ``churn_width`` values each.
-        self.churn_snapshots = array("d")
+        #: The session's item sequence (session-kNN), oldest first. This and
+        #: ``session_clicked`` are tuples: rebuilt on the rare click or play, they cost a list's
+        #: header and spare room less, and nothing when empty (the one empty tuple).
+        self.last_items: tuple[str, ...] = ()
+        #: Titles impressed or scrolled past this session; those with impressions in the
+        #: order they were first impressed (see `count_impression`).
+        self.session_exposed: tuple[str, ...] = ()
+        #: Impressions and scroll-pasts of each title of ``session_exposed``, two counts a
+        #: title: one byte each while every count is below 256, else a ``array('Q')``.
+        self.session_exposure: bytes | array[int] = b""
+        #: The titles scrolled past, in the order they were first scrolled past.
+        self.session_scroll_order: tuple[str, ...] = ()
+        #: Titles clicked or played this session, in order (an ordered set: a tuple is a
+        #: fraction of a dict's size for the few a session has).
+        self.session_clicked: tuple[str, ...] = ()
+        #: Impressions waiting for their label, oldest first (`NO_PENDING` when none).
+        self.pending: dict[str, PendingImpression] = NO_PENDING
+        #: The session's churn snapshots back to back in one bytes object, each without its
+        #: zeros and with common values in one byte (`_encode_record`), instead of one array
+        #: of ``churn_width`` doubles each.
+        self.churn_snapshots = b""
         self.churn_alerted = False
         self.churn_risk = 0.0
 
@@ -453,6 +552,138 @@ class UserState:
         """Whether the current session has a play (the churn label's opposite)."""
         return self.type_counts[4] > 0
 
+    # -- per-title exposure counts ----------------------------------------------------------
+    #
+    # Two ordered count maps once (title -> impressions, title -> scroll-pasts, each bounded,
+    # its oldest title forgotten first): two dicts were ~410 bytes of every state. One tuple
+    # of titles and one byte string of counts hold both, with the same counts and the same
+    # forgetting: the impressed titles keep their order in the tuple, the scrolled ones in
+    # ``session_scroll_order``.
+
+    def exposure(self, item_id: str) -> tuple[int, int]:
+        """``(impressions, scroll-pasts)`` of a title this session."""
+        try:
+            at = 2 * self.session_exposed.index(item_id)
+        except ValueError:
+            return 0, 0
+        counts = self.session_exposure
+        return counts[at], counts[at + 1]
+
+    def exposure_counts(self) -> Iterator[tuple[str, int, int]]:
+        """``(title, impressions, scroll-pasts)`` of every title impressed or scrolled past."""
+        counts = self.session_exposure
+        return zip(self.session_exposed, counts[0::2], counts[1::2], strict=True)
+
+    def impressed_counts(self) -> dict[str, int]:
+        """Impressions per title, oldest title first (the checkpoint's form)."""
+        return {item_id: count for item_id, count, _ in self.exposure_counts() if count}
+
+    def scrolled_counts(self) -> dict[str, int]:
+        """Scroll-pasts per title, oldest title first (the checkpoint's form)."""
+        exposed, counts = self.session_exposed, self.session_exposure
+        order = self.session_scroll_order
+        return {item_id: counts[2 * exposed.index(item_id) + 1] for item_id in order}
+
+    def count_impression(self, item_id: str, limit: int) -> None:
+        """One more impression of a title; past ``limit`` impressed titles the one first
+        impressed is forgotten."""
+        try:
+            at = 2 * self.session_exposed.index(item_id)
+        except ValueError:
+            self._add_exposed(item_id, 1, 0)
+        else:
+            impressions = self.session_exposure[at]
+            if impressions:
+                self._set_count(at, impressions + 1)
+                return
+            # Scrolled past but not impressed (or its impressions forgotten): it joins the
+            # impressed titles now, so it moves behind them.
+            scroll_pasts = self.session_exposure[at + 1]
+            self._drop_exposed(at // 2)
+            self._add_exposed(item_id, 1, scroll_pasts)
+        if len(self.session_exposed) > limit:
+            self._forget_impressed(limit)
+
+    def count_scroll_past(self, item_id: str, limit: int) -> None:
+        """One more scroll-past of a title; past ``limit`` scrolled titles the one first
+        scrolled past is forgotten."""
+        try:
+            at = 2 * self.session_exposed.index(item_id) + 1
+        except ValueError:
+            self._add_exposed(item_id, 0, 1)
+        else:
+            scroll_pasts = self.session_exposure[at]
+            self._set_count(at, scroll_pasts + 1)
+            if scroll_pasts:
+                return
+        order = (*self.session_scroll_order, item_id)
+        if len(order) > limit:
+            oldest, order = order[0], order[1:]
+            at = self.session_exposed.index(oldest)
+            if self.session_exposure[2 * at]:
+                self._set_count(2 * at + 1, 0)
+            else:
+                self._drop_exposed(at)
+        self.session_scroll_order = order
+
+    def restore_exposure(self, impressed: Mapping[str, int], scrolled: Mapping[str, int]) -> None:
+        """Set the counts from two ordered maps (a checkpoint's); ValueError for a count that
+        is not a positive 64-bit integer (one the engine never writes)."""
+        exposed = list(impressed)
+        counts = [int(count) for item_id in exposed for count in (impressed[item_id], 0)]
+        for item_id, count in scrolled.items():
+            if item_id in impressed:
+                counts[2 * exposed.index(item_id) + 1] = int(count)
+            else:
+                exposed.append(item_id)
+                counts += (0, int(count))
+        if any(count < 1 for count in (*impressed.values(), *scrolled.values())):
+            raise ValueError("an exposure count below 1")
+        self.session_exposed = tuple(exposed)
+        self.session_exposure = _counts_storage(counts)
+        self.session_scroll_order = tuple(scrolled)
+
+    def _add_exposed(self, item_id: str, impressions: int, scroll_pasts: int) -> None:
+        self.session_exposed = (*self.session_exposed, item_id)
+        counts = self.session_exposure
+        if type(counts) is bytes and impressions < 256 and scroll_pasts < 256:
+            self.session_exposure = counts + bytes((impressions, scroll_pasts))
+        else:
+            self.session_exposure = _counts_storage([*counts, impressions, scroll_pasts])
+
+    def _drop_exposed(self, index: int) -> None:
+        exposed, counts = self.session_exposed, self.session_exposure
+        self.session_exposed = exposed[:index] + exposed[index + 1 :]
+        self.session_exposure = counts[: 2 * index] + counts[2 * index + 2 :]
+
+    def _set_count(self, at: int, count: int) -> None:
+        counts = self.session_exposure
+        if type(counts) is bytes:
+            if count < 256:
+                self.session_exposure = counts[:at] + _BYTES[count] + counts[at + 1 :]
+                return
+            counts = self.session_exposure = array("Q", list(counts))  # a count past 255
+        counts[at] = count
+
+    def _forget_impressed(self, limit: int) -> None:
+        """Forget the title impressed first if more than ``limit`` titles are impressed."""
+        counts = self.session_exposure
+        impressions = counts[0::2]
+        if sum(1 for count in impressions if count) <= limit:
+            return
+        index = next(index for index, count in enumerate(impressions) if count)
+        if counts[2 * index + 1]:
+            self._set_count(2 * index, 0)
+        else:
+            self._drop_exposed(index)
+
+    def pending_to_add(self) -> dict[str, PendingImpression]:
+        """The pending impressions to add one to: the state's own dict (made on the first)."""
+        pending = self.pending
+        if pending is NO_PENDING:
+            pending = self.pending = {}
+        return pending
+
     # -- recent pages ---------------------------------------------------------------------
 
     @property
@@ -460,22 +691,29 @@ class UserState:
         """The id of the page served last ("" before the first)."""
         if self._last_page < 0:
             return ""
-        return page_id(self.recent_pages[self._last_page])
+        at = 8 * self._last_page
+        return page_id(int.from_bytes(self.recent_pages[at : at + 8], sys.byteorder))
+
+    def page_keys(self) -> list[int]:
+        """The `page_key` of each recent page, oldest first."""
+        return memoryview(self.recent_pages).cast("Q").tolist()
 
     def remember_page(self, recommendation_id: str) -> None:
         """A page was served: remember it among the user's last ``RECENT_PAGES`` pages.
 
         A page served again keeps its place (the oldest page is the first forgotten).
         """
-        key = _parse_page_key(recommendation_id)  # (a new page: not the one events ask about)
+        # (a new page: not the one events ask about)
+        needle = _key_bytes(_parse_page_key(recommendation_id))
         pages = self.recent_pages
-        try:
-            self._last_page = pages.index(key)
-        except ValueError:
-            pages.append(key)
-            if len(pages) > RECENT_PAGES:
-                del pages[0]
-            self._last_page = len(pages) - 1
+        index = _key_index(pages, needle)
+        if index < 0:
+            pages += needle
+            if len(pages) > 8 * RECENT_PAGES:
+                pages = pages[8:]
+            self.recent_pages = pages
+            index = (len(pages) >> 3) - 1
+        self._last_page = index
 
     def page_variant(self, recommendation_id: str) -> str | None:
         """The arm of one of the user's recent pages; None when it is not one of them.
@@ -483,30 +721,38 @@ class UserState:
         Pages are built in the user's own arm (``PageBuilder`` serves ``state.variant``, which
         never changes), so a state remembers which pages it was served, not their arm.
         """
-        return self.variant if page_key(recommendation_id) in self.recent_pages else None
+        if _key_index(self.recent_pages, _key_bytes(page_key(recommendation_id))) < 0:
+            return None
+        return self.variant
 
     # -- churn snapshots ------------------------------------------------------------------
 
     def add_churn_snapshot(self, vector: Sequence[float], limit: int) -> None:
         """Keep a session feature vector for the churn label the session's end gives it.
 
-        The session's first snapshot and the latest ones are kept, ``limit`` in all.
+        The session's first snapshot and the latest ones are kept, ``limit`` in all. Every
+        snapshot of a session has the same number of values (ValueError otherwise: the
+        records are read back at the session's width).
         """
         width = len(vector)
         if width > _MAX_SNAPSHOT_WIDTH:
             raise ValueError(f"churn snapshots of {width} values (at most {_MAX_SNAPSHOT_WIDTH})")
-        self.churn_width = width
         snapshots = self.churn_snapshots
-        snapshots.extend(_sparse_record(vector))
-        starts = _record_starts(snapshots)
+        if snapshots and width != self.churn_width:
+            raise ValueError(f"a churn snapshot of {width} values after {self.churn_width}")
+        self.churn_width = width
+        snapshots += _encode_record(vector)
+        starts = _record_starts(snapshots, width)
         if len(starts) > max(limit, 1):
             end = starts[2] if len(starts) > 2 else len(snapshots)
-            del snapshots[starts[1] : end]  # keep the session's first view and the latest ones
+            # keep the session's first view and the latest ones
+            snapshots = snapshots[: starts[1]] + snapshots[end:]
+        self.churn_snapshots = snapshots
 
     def churn_snapshot_rows(self) -> list[array[float]]:
         """The session's churn snapshots, oldest first, one float64 array each."""
         flat, width = self.churn_snapshots, self.churn_width
-        return [_dense_row(flat, start, width) for start in _record_starts(flat)]
+        return [_decode_record(flat, start, width) for start in _record_starts(flat, width)]
 
     # -- serialization ------------------------------------------------------------------
 
@@ -517,11 +763,11 @@ class UserState:
             "user_id": self.user_id,
             "variant": self.variant,
             "sessions_total": self.sessions_total,
-            "continue_watching": self.continue_watching,
+            "continue_watching": dict(self.continue_watching.items()),
             "recent_event_ids": self.recent_event_ids.fingerprints(),
             "dedup_window": self.recent_event_ids.maxlen,
             "last_recommendation_id": self.last_recommendation_id,
-            "recent_pages": self.recent_pages.tolist(),
+            "recent_pages": self.page_keys(),
             "genre_evidence": {key: list(pair) for key, pair in self.genre_evidence.items()},
             "style_evidence": {key: list(pair) for key, pair in self.style_evidence.items()},
             "device": self.device,
@@ -538,9 +784,9 @@ class UserState:
             "progress_n": self.progress_n,
             "genre_affinity": dict(self.genre_affinity.items()),
             "affinity_ts": self.affinity_ts,
-            "last_items": self.last_items,
-            "session_impressed": self.session_impressed,
-            "session_scrolled": self.session_scrolled,
+            "last_items": list(self.last_items),
+            "session_impressed": self.impressed_counts(),
+            "session_scrolled": self.scrolled_counts(),
             "session_clicked": list(self.session_clicked),
             "pending": {item: p.to_list() for item, p in self.pending.items()},
             "churn_snapshots": [row.tolist() for row in self.churn_snapshot_rows()],
@@ -560,7 +806,9 @@ class UserState:
         state = cls(raw["user_id"], dedup_window=int(raw["dedup_window"]))
         state.variant = intern(raw["variant"])
         state.sessions_total = int(raw["sessions_total"])
-        state.continue_watching = {intern(k): float(v) for k, v in raw["continue_watching"].items()}
+        state.continue_watching = FloatMap(
+            (intern(k), float(v)) for k, v in raw["continue_watching"].items()
+        )
         if version == 1:  # ids, not fingerprints
             state.recent_event_ids.extend(raw["recent_event_ids"])
         else:
@@ -571,10 +819,10 @@ class UserState:
             keys = [int(key) for key in raw["recent_pages"]]
         else:  # page id → arm (always the user's arm, see `page_variant`)
             keys = [page_key(page) for page in raw["recent_pages"]]
-        state.recent_pages = _u64_array(keys[-RECENT_PAGES:])
+        state.recent_pages = _u64_array(keys[-RECENT_PAGES:]).tobytes()
         last_page = raw["last_recommendation_id"]
-        if last_page and page_key(last_page) in state.recent_pages:
-            state._last_page = state.recent_pages.index(page_key(last_page))
+        if last_page:
+            state._last_page = _key_index(state.recent_pages, _key_bytes(page_key(last_page)))
         if version >= 3:
             state.genre_evidence = _evidence_from(raw["genre_evidence"], proportion=True)
             state.style_evidence = _evidence_from(raw["style_evidence"], proportion=False)
@@ -594,71 +842,180 @@ class UserState:
             (intern(k), float(v)) for k, v in raw["genre_affinity"].items()
         )
         state.affinity_ts = int(raw["affinity_ts"])
-        state.last_items = [intern(item_id) for item_id in raw["last_items"]]
-        state.session_impressed = {intern(k): int(v) for k, v in raw["session_impressed"].items()}
-        state.session_scrolled = {intern(k): int(v) for k, v in raw["session_scrolled"].items()}
-        state.session_clicked = [intern(k) for k in raw["session_clicked"]]
-        state.pending = {
-            intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
-        }
+        state.last_items = tuple(intern(item_id) for item_id in raw["last_items"])
+        state.restore_exposure(
+            {intern(k): int(v) for k, v in raw["session_impressed"].items()},
+            {intern(k): int(v) for k, v in raw["session_scrolled"].items()},
+        )
+        state.session_clicked = tuple(intern(k) for k in raw["session_clicked"])
+        if raw["pending"]:
+            state.pending = {
+                intern(k): PendingImpression.from_list(v) for k, v in raw["pending"].items()
+            }
         snapshots = raw["churn_snapshots"]
         if snapshots:
             width = len(snapshots[0])
             if width > _MAX_SNAPSHOT_WIDTH or any(len(snap) != width for snap in snapshots):
                 raise ValueError("churn snapshots of different or too many values")
             state.churn_width = width
-            state.churn_snapshots = array(
-                "d", [v for snap in snapshots for v in _sparse_record([float(v) for v in snap])]
+            state.churn_snapshots = b"".join(
+                _encode_record([float(v) for v in snap]) for snap in snapshots
             )
         state.churn_alerted = bool(raw["churn_alerted"])
         state.churn_risk = float(raw["churn_risk"])
+        state.share_equal_parts()
+        if state.affinity_ts == state.last_ts:  # (the same event's time: one int object)
+            state.affinity_ts = state.last_ts
         return state
 
+    def share_equal_parts(self) -> None:
+        """Let equal immutable parts of the state be one object (an equal tuple is one less
+        tuple to hold): the clicked titles are usually the item sequence (`share_clicked`),
+        the genre affinity's genres the genre evidence's (`_ArrayMap.share_keys`)."""
+        self.share_clicked()
+        self.genre_affinity.share_keys(self.genre_evidence)
 
-#: A snapshot's mask of non-zero positions is kept in a double: exact up to 2**53.
+    def share_clicked(self) -> None:
+        """Hold one tuple for ``session_clicked`` and ``last_items`` when they are equal
+        (clicks and plays of different titles, not more than either bound)."""
+        items = self.last_items
+        if self.session_clicked is not items and self.session_clicked == items:
+            self.session_clicked = items
+
+
+#: A snapshot's values: at most as many as a mask of non-zero positions was ever allowed
+#: (the bound checkpoints are validated against).
 _MAX_SNAPSHOT_WIDTH = 52
+#: Codes of a kept value in `_encode_record` besides the table's: the value follows as a
+#: float32 (exact) or a float64.
+_FLOAT32_CODE = 254
+_FLOAT64_CODE = 255
 
 
-def _sparse_record(vector: Sequence[float]) -> list[float]:
-    """A churn snapshot as ``[mask, the values that are not 0.0...]``, exactly.
+def _value_table() -> tuple[float, ...]:
+    """The values a churn snapshot holds most often, each then kept in one byte (its code,
+    its index here; index 0 is unused): 1.0 (the flags), ``log1p`` of the small counts and
+    the sine and cosine of each local hour. Other values are kept as themselves, so the
+    table only decides how small a snapshot is, never what it reads back; it exists only in
+    memory (checkpoints hold the rows), so it may change from one release to the next."""
+    values = [1.0]
+    values += [math.log1p(count) for count in range(1, 201)]
+    for hour in range(24):
+        angle = 2.0 * math.pi * hour / 24.0
+        values += [math.sin(angle), math.cos(angle)]
+    table: list[float] = [0.0]
+    for value in values:
+        if value and value not in table:  # (0.0 has no code: it is not kept at all)
+            table.append(value)
+    assert len(table) <= _FLOAT32_CODE
+    return tuple(table)
+
+
+_CODE_VALUES = _value_table()
+_VALUE_CODES = {value: code for code, value in enumerate(_CODE_VALUES) if code}
+_FLOAT32 = array("f", [0.0])  # scratch: is a value exact in float32?
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
+
+
+def _mask_bytes(width: int) -> int:
+    return (width + 7) >> 3
+
+
+def _length_bytes(width: int) -> int:
+    """Bytes of a record's body length: one while the longest body (9 bytes a value) fits."""
+    return 1 if 9 * width < 256 else 2
+
+
+def _encode_record(vector: Sequence[float]) -> bytes:
+    """A churn snapshot as bytes, exactly: a mask of its non-zero positions, the length of
+    the rest (so the records of a session are walked without reading their codes), then one
+    code byte per kept value (``_CODE_VALUES``' index, or a float32 or float64 after it).
 
     About half of a snapshot's values are 0.0 (counts of what did not happen yet, a flag
-    that is off), so a session's snapshots take ~45% less room this way. Bit ``i`` of the
-    mask says value ``i`` is kept; -0.0 is kept as itself.
+    that is off) and most others are a flag, the log of a small count or the hour's sine
+    or cosine: ~35 bytes a snapshot instead of 80 as non-zero doubles. Bit ``i`` of the
+    mask says value ``i`` is kept; -0.0 is kept as itself (a float32), NaN as a float64.
     """
     mask = 0
     bit = 1
-    kept: list[float] = [0.0]
+    body = bytearray()
+    append = body.append
+    code_of = _VALUE_CODES.get
+    scratch = _FLOAT32
     copysign = math.copysign
     for value in vector:
         if value or copysign(1.0, value) < 0.0:  # (NaN is truthy, so kept too)
             mask |= bit
-            kept.append(value)
+            code = code_of(value)  # (-0.0 has no code: 0.0 is not in the table)
+            if code is not None:
+                append(code)
+            else:
+                scratch[0] = value
+                if scratch[0] == value:
+                    append(_FLOAT32_CODE)
+                    body += _F32.pack(value)
+                else:
+                    append(_FLOAT64_CODE)
+                    body += _F64.pack(value)
         bit <<= 1
-    kept[0] = float(mask)
-    return kept
+    width = len(vector)
+    return (
+        mask.to_bytes(_mask_bytes(width), "little")
+        + len(body).to_bytes(_length_bytes(width), "little")
+        + body
+    )
 
 
-def _record_starts(flat: array[float]) -> list[int]:
-    """Where each `_sparse_record` starts in the flat array of a session's snapshots."""
+def _record_starts(flat: bytes, width: int) -> list[int]:
+    """Where each `_encode_record` of ``width`` values starts in a session's snapshots."""
     starts = []
+    mask_bytes = _mask_bytes(width)
+    header = mask_bytes + _length_bytes(width)
+    end = len(flat)
     at = 0
-    while at < len(flat):
-        starts.append(at)
-        at += 1 + int(flat[at]).bit_count()
+    if header == mask_bytes + 1:
+        while at < end:
+            starts.append(at)
+            at += header + flat[at + mask_bytes]
+    else:
+        while at < end:
+            starts.append(at)
+            at += header + int.from_bytes(flat[at + mask_bytes : at + header], "little")
     return starts
 
 
-def _dense_row(flat: array[float], start: int, width: int) -> array[float]:
-    """The snapshot whose `_sparse_record` starts at ``start``, all ``width`` values."""
+def _decode_record(flat: bytes, start: int, width: int) -> array[float]:
+    """The snapshot whose `_encode_record` starts at ``start``, all ``width`` values."""
     row = array("d", bytes(8 * width))
-    mask = int(flat[start])
-    at = start + 1
+    mask_bytes = _mask_bytes(width)
+    mask = int.from_bytes(flat[start : start + mask_bytes], "little")
+    values = _CODE_VALUES
+    at = start + mask_bytes + _length_bytes(width)
     for index in range(width):
         if mask >> index & 1:
-            row[index] = flat[at]
+            code = flat[at]
             at += 1
+            if code < _FLOAT32_CODE:
+                row[index] = values[code]
+            elif code == _FLOAT32_CODE:
+                row[index] = _F32.unpack_from(flat, at)[0]
+                at += 4
+            else:
+                row[index] = _F64.unpack_from(flat, at)[0]
+                at += 8
     return row
+
+
+#: Each count below 256 as a one-byte string (`UserState._set_count`).
+_BYTES = tuple(bytes((count,)) for count in range(256))
+
+
+def _counts_storage(counts: list[int]) -> bytes | array[int]:
+    """Counts in one byte each when all are below 256, else in eight (ValueError past 2**64)."""
+    if all(count < 256 for count in counts):
+        return bytes(counts)
+    return _u64_array(counts)
 
 
 def _int_list(values: Sequence[Any]) -> list[int]:

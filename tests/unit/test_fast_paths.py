@@ -55,9 +55,11 @@ def _state(rng: random.Random, catalog: list[CatalogItem]) -> UserState:
     state.affinity_ts = T0 - rng.randrange(600_000)
     ids = [item.item_id for item in catalog] + ["not-in-catalog"]
     state.continue_watching = {i: rng.random() for i in rng.sample(ids, 3)}
-    state.session_impressed = {i: rng.randrange(1, 4) for i in rng.sample(ids, 8)}
-    state.session_scrolled = {i: rng.randrange(1, 3) for i in rng.sample(ids, 5)}
-    state.session_clicked = rng.sample(ids, 2)
+    state.restore_exposure(
+        {i: rng.randrange(1, 4) for i in rng.sample(ids, 8)},
+        {i: rng.randrange(1, 3) for i in rng.sample(ids, 5)},
+    )
+    state.session_clicked = tuple(rng.sample(ids, 2))
     state.genre_evidence = {
         g: [e, e + rng.uniform(0.0, 3.0)] for g in rng.sample(GENRES, 3) for e in [rng.random()]
     }

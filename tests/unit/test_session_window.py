@@ -93,7 +93,7 @@ def test_last_items_bounded_and_collapse_click_then_play() -> None:
     for item in ["a", "a", "b", "c", "d"]:
         update_window(state, _event("click", item), None, config)
     update_window(state, _event("play", "d"), None, config)
-    assert state.last_items == ["b", "c", "d"]
+    assert state.last_items == ("b", "c", "d")
 
 
 def test_state_round_trips_through_json() -> None:
@@ -122,3 +122,21 @@ def test_session_features_match_the_window() -> None:
     assert features["click_through_rate_session"] == pytest.approx(1 / 2)
     assert features["browsing_speed_epm_log"] == pytest.approx(math.log1p(2.0))
     assert features["genre_focus_session"] == pytest.approx(1.0)
+
+
+def test_clicked_titles_are_an_ordered_set_forgetting_the_oldest() -> None:
+    state = _state()
+    for k in [*range(130), 0, 129]:
+        update_window(state, _event("click", f"t{k}"), None, CONFIG)
+    assert state.session_clicked == (*(f"t{k}" for k in range(3, 130)), "t0")
+    restored = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert restored.session_clicked == state.session_clicked
+    assert (
+        restored.last_items
+        == state.last_items
+        == (
+            *(f"t{k}" for k in range(112, 130)),
+            "t0",
+            "t129",
+        )
+    )

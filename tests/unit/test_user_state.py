@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from array import array
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from processors.user_state import (
     RECENT_PAGES,
     STATE_VERSION,
     FloatMap,
+    PairMap,
     PendingImpression,
     UserState,
     page_id,
@@ -76,7 +78,7 @@ def test_recent_pages_behave_like_the_dict_they_replaced() -> None:
         last = page
         probe = rng.choice(ids)
         assert state.page_variant(probe) == reference.get(probe)
-        assert state.recent_pages.tolist() == [page_key(p) for p in reference]
+        assert state.page_keys() == [page_key(p) for p in reference]
         if last != "client-made-id":
             assert state.last_recommendation_id == last
         if step % 50 == 0:
@@ -121,6 +123,30 @@ def test_churn_snapshots_are_kept_exactly() -> None:
         odd.add_churn_snapshot([1.0] * 53, 4)
 
 
+def test_churn_snapshot_values_are_coded_compactly_and_read_back_bit_for_bit() -> None:
+    """Flags, logs of small counts and the hour's sine and cosine in one byte, float32-exact
+    values in five, the rest in nine; every value (signs of zeros, NaN) as it was."""
+    hour = 2.0 * math.pi * 7 / 24.0
+    coded = [1.0, math.log1p(3), math.sin(hour), math.cos(hour), math.log1p(200)]
+    state = UserState("u")
+    state.add_churn_snapshot([0.0, *coded, 0.0, 0.0], 4)
+    assert len(state.churn_snapshots) == 2 + len(coded)  # mask, payload length, one code each
+    state.add_churn_snapshot([1.5, -0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0], 4)
+    assert len(state.churn_snapshots) == 2 + len(coded) + 2 + 5 + 5 + 9
+    big = [math.nan, -1e308, 5e-324, math.inf, math.log1p(201), 0.0, 0.0, 2.0**60]
+    state.add_churn_snapshot(big, 4)
+    rows = state.churn_snapshot_rows()
+    bits = [array("d", row).tobytes() for row in rows]
+    assert bits == [
+        array("d", [0.0, *coded, 0.0, 0.0]).tobytes(),
+        array("d", [1.5, -0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0]).tobytes(),
+        array("d", big).tobytes(),
+    ]
+    with pytest.raises(ValueError, match="after 8"):
+        state.add_churn_snapshot([1.0] * 9, 4)
+    assert len(state.churn_snapshot_rows()) == 3
+
+
 def test_pending_features_keep_their_values() -> None:
     """Rows from the served-page cache (float32 values) are kept in 4 bytes a value, others in
     8; the learner sees the same numbers either way."""
@@ -139,24 +165,60 @@ def test_pending_features_keep_their_values() -> None:
 
 
 def test_float_map_behaves_like_a_dict() -> None:
+    """Insertion order, deletes, pops, scaling and re-insertion (continue watching) as a dict,
+    every value bit for bit."""
     rng = random.Random(11)
     compact, reference = FloatMap(), {}
     for _ in range(2_000):
         key = f"g{rng.randrange(10)}"
-        if rng.random() < 0.3 and key in reference:
+        roll = rng.random()
+        if roll < 0.2 and key in reference:
             del compact[key], reference[key]
-        elif key in reference and rng.random() < 0.5:
+        elif roll < 0.3:
+            assert compact.pop(key, None) == reference.pop(key, None)
+        elif roll < 0.4:
+            factor = rng.uniform(0.1, 1.0)
+            compact.scale(factor)
+            for name in reference:
+                reference[name] *= factor
+        elif key in reference and roll < 0.6:
             compact[key] *= 0.5
             reference[key] *= 0.5
         else:
-            compact[key] = reference[key] = compact.get(key, 0.0) + rng.uniform(-1, 1)
-        assert compact.items() == list(reference.items())
+            compact[key] = reference[key] = compact.get(key, 0.0) + rng.choice(
+                [rng.uniform(-1, 1), -0.0]
+            )
+        assert [(k, v, math.copysign(1, v)) for k, v in compact.items()] == [
+            (k, v, math.copysign(1, v)) for k, v in reference.items()
+        ]
         assert compact.values() == list(reference.values())
-        assert min(compact, key=lambda g: abs(compact[g])) == min(
-            reference, key=lambda g: abs(reference[g])
+        assert list(reversed(compact)) == list(reversed(reference))
+        assert (
+            min(compact, key=lambda g: abs(compact[g]))
+            == min(reference, key=lambda g: abs(reference[g]))
+            if reference
+            else not compact
         )
     assert compact == reference
-    assert len(user_state._NO_VALUES) == 0, "the array empty maps share is never written"
+    with pytest.raises(KeyError):
+        compact.pop("absent")
+    with pytest.raises(KeyError):
+        compact["absent"]
+
+
+def test_pair_map_behaves_like_a_dict_of_pairs() -> None:
+    rng = random.Random(12)
+    compact, reference = PairMap(), {}
+    for _ in range(2_000):
+        key = f"g{rng.randrange(8)}"
+        if rng.random() < 0.25 and key in reference:
+            del compact[key], reference[key]
+        else:
+            first, second = compact.get(key, (0.0, 0.0))
+            value = (first + rng.random(), second + rng.choice([1.0, -0.0, 2.5]))
+            compact[key] = reference[key] = value
+        assert [(k, compact[k]) for k in compact] == list(reference.items())
+        assert compact.get("absent", (0.0, 0.0)) == (0.0, 0.0)
 
 
 def test_out_of_range_keys_are_an_unreadable_checkpoint() -> None:
@@ -165,3 +227,134 @@ def test_out_of_range_keys_are_an_unreadable_checkpoint() -> None:
         raw = UserState("u").to_dict() | {field: value}
         with pytest.raises(ValueError, match="64-bit"):
             UserState.from_dict(raw)
+
+
+def _bump(counts: dict[str, int], item_id: str, limit: int) -> None:
+    """The two dicts the exposure counts replaced (``session_window`` before)."""
+    counts[item_id] = counts.get(item_id, 0) + 1
+    if len(counts) > limit:
+        del counts[next(iter(counts))]
+
+
+@pytest.mark.parametrize(
+    ("limit", "titles", "heavy"), [(128, 300, False), (5, 12, False), (6, 6, True)]
+)
+def test_exposure_counts_behave_like_the_two_dicts_they_replaced(
+    limit: int, titles: int, heavy: bool
+) -> None:
+    """Same counts, same order, the same title forgotten first, across checkpoints; counts
+    past 255 (``heavy``: a few titles seen again and again) are kept exactly too."""
+    rng = random.Random(limit)
+    ids = [f"t{k}" for k in range(titles)]
+    state = UserState("u")
+    impressed: dict[str, int] = {}
+    scrolled: dict[str, int] = {}
+    most = 0
+    wide = False
+    for step in range(3000):
+        item_id = rng.choice(ids[:2] if heavy and rng.random() < 0.9 else ids)
+        if rng.random() < 0.6:
+            state.count_impression(item_id, limit)
+            _bump(impressed, item_id, limit)
+        else:
+            state.count_scroll_past(item_id, limit)
+            _bump(scrolled, item_id, limit)
+        most = max(most, impressed.get(item_id, 0), scrolled.get(item_id, 0))
+        wide = wide or isinstance(state.session_exposure, array)
+        probe = rng.choice(ids)
+        assert state.exposure(probe) == (impressed.get(probe, 0), scrolled.get(probe, 0))
+        if step % 97 == 0:
+            assert list(state.impressed_counts().items()) == list(impressed.items())
+            assert list(state.scrolled_counts().items()) == list(scrolled.items())
+            state = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert list(state.impressed_counts().items()) == list(impressed.items())
+    assert list(state.scrolled_counts().items()) == list(scrolled.items())
+    assert set(state.session_exposed) == impressed.keys() | scrolled.keys()
+    assert wide == (most > 255) == heavy
+
+
+def test_exposure_counts_are_one_byte_each_and_bad_counts_are_refused() -> None:
+    state = UserState("u")
+    for item_id in ("a", "b", "a", "c"):
+        state.count_impression(item_id, 128)
+    state.count_scroll_past("d", 128)
+    state.count_scroll_past("a", 128)
+    assert state.session_exposed == ("a", "b", "c", "d")
+    assert state.session_exposure == bytes([2, 1, 1, 0, 1, 0, 0, 1])
+    state.count_impression("d", 128)  # scrolled past first: now among the impressed, last
+    assert state.session_exposed == ("a", "b", "c", "d")
+    assert list(state.impressed_counts()) == ["a", "b", "c", "d"]
+    for bad in (0, -1, 2**64):
+        raw = state.to_dict() | {"session_scrolled": {"a": bad}}
+        with pytest.raises(ValueError):
+            UserState.from_dict(raw)
+
+
+def test_equal_tuples_are_shared_and_stay_independent() -> None:
+    """A restored state holds one tuple for equal clicked titles and item sequence and for
+    the genres of its affinity and evidence; changing one side leaves the other as it was."""
+    state = UserState("u")
+    state.session_clicked = state.last_items = ("a", "b")
+    state.genre_evidence = PairMap({"horror": (1.0, 2.0), "drama": (0.0, 1.0)})
+    state.genre_affinity = FloatMap({"horror": 0.5, "drama": -0.25})
+    state.last_ts = state.affinity_ts = 1_700_000_000_123
+    restored = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
+    assert restored.session_clicked is restored.last_items
+    assert restored.genre_affinity._keys is restored.genre_evidence._keys
+    assert restored.affinity_ts is restored.last_ts
+    restored.genre_affinity["comedy"] = 1.0
+    del restored.genre_evidence["horror"]
+    assert list(restored.genre_affinity.items()) == [
+        ("horror", 0.5),
+        ("drama", -0.25),
+        ("comedy", 1.0),
+    ]
+    assert list(restored.genre_evidence.items()) == [("drama", (0.0, 1.0))]
+    assert restored.to_dict() | {"genre_affinity": {}, "genre_evidence": {}} == state.to_dict() | {
+        "genre_affinity": {},
+        "genre_evidence": {},
+    }
+    unequal = state.to_dict() | {"last_items": ["b", "a"]}
+    assert UserState.from_dict(unequal).session_clicked == ("a", "b")
+
+
+def test_states_without_pending_impressions_share_one_read_only_empty_dict() -> None:
+    first, second = UserState("a"), UserState("b")
+    assert first.pending is second.pending is user_state.NO_PENDING
+    with pytest.raises(TypeError):
+        first.pending["t1"] = PendingImpression("rec-1", 5, [0.5], None)
+    assert first.pending.pop("t1", None) is None and not second.pending
+    own = first.pending_to_add()
+    own["t1"] = PendingImpression("rec-1", 5, [0.5], None)
+    assert first.pending is own and second.pending is user_state.NO_PENDING
+    restored = UserState.from_dict(orjson.loads(orjson.dumps(first.to_dict())))
+    assert restored.pending["t1"].to_list() == own["t1"].to_list()
+    assert UserState.from_dict(second.to_dict()).pending is user_state.NO_PENDING
+
+
+def test_event_id_window_matches_whole_entries_only() -> None:
+    """An id whose fingerprint's bytes straddle two entries of the ring is not in it."""
+    needle = user_state._needle("x")
+    straddle = bytes(4) + needle + bytes(4)  # two entries, the needle across their border
+    window = user_state.EventIdWindow.from_fingerprints(memoryview(straddle).cast("Q").tolist(), 4)
+    assert len(window) == 2 and "x" not in window
+    window.extend(["x", "y", "z"])
+    assert "x" in window and len(window) == 4
+    window.append("w")  # full: the oldest entry goes, the straddling bytes with it
+    assert window.fingerprints()[-1] == int.from_bytes(user_state._needle("w"), sys.byteorder)
+    assert ["x" in window, "w" in window, len(window)] == [True, True, 4]
+
+
+@pytest.mark.parametrize("width", [0, 1, 28, 29, 52])
+def test_churn_snapshots_of_any_width_are_walked_and_read_back(width: int) -> None:
+    """Wide snapshots (bodies past 255 bytes: a two-byte length) as the usual ones."""
+    rng = random.Random(width)
+    state = UserState("u")
+    reference: list[list[float]] = []
+    for _ in range(7):
+        row = [rng.choice([0.0, 1.0, rng.random(), 0.5]) for _ in range(width)]
+        state.add_churn_snapshot(row, 4)
+        reference.append(row)
+        if len(reference) > 4:
+            del reference[1]
+        assert [r.tolist() for r in state.churn_snapshot_rows()] == reference
