@@ -471,8 +471,8 @@ def test_burst_far_above_the_sustainable_rate_drains_with_bounded_memory(
     only while the worker has room for more batches in flight, instead of reading the whole
     backlog into memory).
 
-    "Far above" is at least 5x: the producer here makes ~20,000 events/s, and the worker
-    drains this mix (80% impressions, which build no page) at 2,000+ events/s since issue 5.
+    "Far above": the producer here makes ~20,000-25,000 events/s, and the worker drains this
+    mix (80% impressions, which build no page) at ~2,000-5,000 events/s since issue 5.
     """
     cluster = make_cluster(bootstrap)
     cluster.send_catalog(CATALOG)
@@ -516,8 +516,11 @@ def test_burst_far_above_the_sustainable_rate_drains_with_bounded_memory(
     figures = _verify_stream(cluster, sender)
     sustained_per_s = BURST_EVENTS / drain_s
     burst_per_s = BURST_EVENTS / burst_s
+    # The premise, "far above what the worker sustains", is checked by its effect: more than
+    # a quarter of the burst waited at once. (A fixed rate ratio failed once the worker drained
+    # this mix at ~5,000/s against a producer's ~25,000/s: a timing, not a property.)
     assert max(lags) > BURST_EVENTS // 4, f"the burst never built a backlog: lags {lags[:10]}"
-    assert burst_per_s >= 5 * sustained_per_s, (burst_per_s, sustained_per_s)
+    assert burst_per_s > sustained_per_s, (burst_per_s, sustained_per_s)
     growth_mb = rss.peak_mb - baseline_mb
     assert growth_mb < 250, f"resident memory grew by {growth_mb:.0f} MB during the burst"
     assert not unexpected_tracebacks(cluster.worker_logs())
