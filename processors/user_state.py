@@ -139,7 +139,7 @@ def _key_bytes(key: int) -> bytes:
 
 
 #: The engine asks about the same id two or three times in a row (late check, dedup, append).
-_last_needle: tuple[str, bytes] = ("", stable_hash64("").to_bytes(8, sys.byteorder))
+_last_needle: tuple[str, bytes] = ("", _key_bytes(stable_hash64("")))
 
 
 def _needle(event_id: str) -> bytes:
@@ -148,7 +148,7 @@ def _needle(event_id: str) -> bytes:
     last_id, last = _last_needle
     if event_id == last_id:
         return last
-    needle = stable_hash64(event_id).to_bytes(8, sys.byteorder)
+    needle = _key_bytes(stable_hash64(event_id))
     _last_needle = (event_id, needle)
     return needle
 
@@ -914,8 +914,7 @@ def _value_table() -> tuple[float, ...]:
 _CODE_VALUES = _value_table()
 _VALUE_CODES = {value: code for code, value in enumerate(_CODE_VALUES) if code}
 _FLOAT32 = array("f", [0.0])  # scratch: is a value exact in float32?
-_F32 = struct.Struct("<f")
-_F64 = struct.Struct("<d")
+_F32 = struct.Struct("f")
 
 
 def _mask_bytes(width: int) -> int:
@@ -957,7 +956,7 @@ def _encode_record(vector: Sequence[float]) -> bytes:
                     body += _F32.pack(value)
                 else:
                     append(_FLOAT64_CODE)
-                    body += _F64.pack(value)
+                    body += _DOUBLE.pack(value)
         bit <<= 1
     width = len(vector)
     return (
@@ -1002,7 +1001,7 @@ def _decode_record(flat: bytes, start: int, width: int) -> array[float]:
                 row[index] = _F32.unpack_from(flat, at)[0]
                 at += 4
             else:
-                row[index] = _F64.unpack_from(flat, at)[0]
+                row[index] = _DOUBLE.unpack_from(flat, at)[0]
                 at += 8
     return row
 

@@ -232,10 +232,9 @@ class WorkerApp:
         @app.timer(settings.gc_sweep_interval_s)
         async def unfreeze_gc() -> None:  # cycles among frozen objects get collected again
             pauses = self.pipeline.gc_pauses
-            if pauses is not None and settings.gc_freeze_young:
-                log.info("garbage cycles swept: %d objects", pauses.sweep_cycles())
-            elif pauses is not None and settings.gc_freeze:
-                pauses.unfreeze()
+            swept = pauses.release_frozen_cycles() if pauses is not None else None
+            if swept is not None:
+                log.info("garbage cycles swept: %d objects", swept)
 
         @app.timer(5.0)
         async def publish_arm_metrics() -> None:

@@ -145,6 +145,16 @@ class GcPauses:
         self.swept += found
         return found
 
+    def release_frozen_cycles(self) -> int | None:
+        """What the worker's hourly timer calls: with ``freeze_young`` a sweep (returns what
+        it found), with ``freeze_survivors`` an unfreeze for the next full collection (None),
+        without freezing nothing (None)."""
+        if self.freeze_young:
+            return self.sweep_cycles()
+        if self.freeze_survivors:
+            self.unfreeze()
+        return None
+
     def _freeze(self) -> None:
         gc.freeze()
         self.freezes += 1

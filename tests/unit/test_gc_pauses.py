@@ -100,3 +100,16 @@ def test_the_sweep_frees_cycles_that_were_frozen() -> None:
     finally:
         pauses.uninstall()
         gc.unfreeze()
+
+
+def test_the_hourly_release_sweeps_or_unfreezes_as_configured() -> None:
+    try:
+        assert GcPauses().release_frozen_cycles() is None
+        gc.freeze()
+        GcPauses(freeze_survivors=True).release_frozen_cycles()
+        assert gc.get_freeze_count() == 0, "unfrozen for the next full collection"
+        swept = GcPauses(freeze_young=True).release_frozen_cycles()
+        assert swept is not None and swept >= 0
+        assert gc.get_freeze_count() > 0, "the sweep freezes its survivors again"
+    finally:
+        gc.unfreeze()
