@@ -486,9 +486,8 @@ class UserState:
         #: Title → progress to resume at, oldest first (re-inserted on each pause).
         self.continue_watching = FloatMap()
         self.recent_event_ids = EventIdWindow(dedup_window)
-        #: `page_key` of this user's last ``RECENT_PAGES`` pages, oldest first (attribution).
-        #: `page_key` of the last ``RECENT_PAGES`` pages, 8 bytes each (machine order), oldest
-        #: first: a bytes object, ~45 bytes less than an ``array('Q')``.
+        #: `page_key` of this user's last ``RECENT_PAGES`` pages (attribution), 8 bytes each in
+        #: machine order, oldest first: a bytes object, ~45 bytes less than an ``array('Q')``.
         self.recent_pages = b""
         self._last_page = -1  # index in recent_pages of the page served last
         #: genre → (engagement, examined) and artwork style → (observed, expected) engagement
@@ -703,7 +702,7 @@ class UserState:
 
         A page served again keeps its place (the oldest page is the first forgotten).
         """
-        # (a new page: not the one events ask about)
+        # Not the memoized `page_key`: a new page is not the one events ask about.
         needle = _key_bytes(_parse_page_key(recommendation_id))
         pages = self.recent_pages
         index = _key_index(pages, needle)

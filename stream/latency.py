@@ -138,7 +138,7 @@ class GcPauses:
         With ``freeze_young`` no full collection ever comes by itself (nothing is promoted
         to the oldest generation), so unfreezing alone would free nothing.
         """
-        gc.unfreeze()
+        self.unfreeze()
         found = gc.collect()
         self._full_collection_done = False
         self._freeze()
