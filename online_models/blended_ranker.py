@@ -131,15 +131,10 @@ class BlendedRanker:
 
     def learn_vector(self, x: np.ndarray | Sequence[float], y: bool) -> None:
         """Score the label with both predictors, charge their log losses, then learn it."""
-        vector = np.asarray(x, dtype=np.float64)
-        if vector.shape != (len(self.feature_names),):
-            raise ValueError(f"x must hold {len(self.feature_names)} values, got {vector.shape}")
-        prior = _sigmoid(float(vector[self._prior_index]))
-        learned = self.learned.predict_proba_row(vector)
+        learned = self.learned.learn_vector_scored(x, y)  # scored before learning, one pass
+        prior = _sigmoid(float(x[self._prior_index]))
         self.loss_prior = self.decay * self.loss_prior + _log_loss(prior, y)
         self.loss_learned = self.decay * self.loss_learned + _log_loss(learned, y)
-        # A list of floats is what the learner works on: hand it over without a round trip.
-        self.learned.learn_vector(x if isinstance(x, list) else vector, y)
 
     # -- state -----------------------------------------------------------------------------
 

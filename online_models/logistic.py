@@ -182,27 +182,6 @@ class OnlineLogistic:
             proba[logits > _SIGMOID_CLAMP] = 1.0
         return proba
 
-    def predict_proba_row(self, row: np.ndarray) -> float:
-        """``predict_proba_many(row[None, :])[0]`` bit for bit, without its per-call checks.
-
-        The ranker scores every label before learning it (``BlendedRanker.learn_vector``);
-        that score must be the page path's, to the last bit, and the generic path's shape
-        checks and min/max reductions cost more than the arithmetic on one row. ``row`` is a
-        float64 vector in `feature_names` order.
-        """
-        means, scaled_weights, intercept = self._scoring_arrays()
-        negated: np.ndarray = (means - row[None, :]) @ scaled_weights
-        negated -= intercept
-        value = negated[0]
-        if value > _SIGMOID_CLAMP:  # the logit is below -30: River's sigmoid says 0
-            return 0.0
-        if value < -_SIGMOID_CLAMP:
-            return 1.0
-        proba = np.exp(negated, out=negated)
-        proba += 1.0
-        np.reciprocal(proba, out=proba)
-        return float(proba[0])
-
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
         """Each feature's share of the logit, to explain a score.
 
@@ -261,6 +240,21 @@ class OnlineLogistic:
             Whether the outcome was positive.
 
         """
+        self._learn_values(self._values(x), y)
+
+    def learn_vector_scored(self, x: np.ndarray | Sequence[float], y: bool) -> float:
+        """`predict_proba_vector` of the row before learning it, then `learn_vector`.
+
+        The prequential score of a label (``BlendedRanker`` charges each predictor its log
+        loss on it), taken in the learning pass itself (``ScaledSGDLogistic.learn_scored``):
+        River's arithmetic, as `predict_proba_vector`; `predict_proba_many` agrees to ~1e-15.
+        """
+        return self._learn_values(self._values(x), y, scored=True)
+
+    def _values(self, x: np.ndarray | Sequence[float]) -> list[float]:
+        """``x`` as a list of floats of the right length."""
+        if isinstance(x, list) and len(x) == len(self.feature_names):
+            return x  # the engine's rows: floats already (non-floats fail the finiteness check)
         if isinstance(x, np.ndarray):
             if x.ndim != 1:
                 raise ValueError(
@@ -275,20 +269,29 @@ class OnlineLogistic:
                 f"x must hold {len(self.feature_names)} values in feature_names order, "
                 f"got shape ({len(values)},)"
             )
-        self._learn_values(values, y)
+        return values
 
-    def _learn_values(self, values: list[float], y: bool) -> None:
-        """Learn one row of floats in `feature_names` order, refusing non-finite values."""
-        if not all(map(math.isfinite, values)):
+    def _learn_values(self, values: list[float], y: bool, *, scored: bool = False) -> float:
+        """Learn one row of floats in `feature_names` order, refusing non-finite values;
+        returns the probability the model gave the row before (0.0 unless ``scored``)."""
+        try:
+            finite = all(map(math.isfinite, values))
+        except TypeError as error:
+            raise ValueError(f"features must be numbers: {error}") from error
+        if not finite:
             bad = sorted(
                 name
                 for name, value in zip(self.feature_names, values, strict=True)
                 if not math.isfinite(value)
             )
             raise ValueError(f"refusing to learn from non-finite features: {bad}")
-        self._core.learn(values, bool(y))
+        core = self._core
+        proba = core.learn_scored(values, bool(y)) if scored else 0.0
+        if not scored:
+            core.learn(values, bool(y))
         self.n_learned += 1
         self._scoring = None
+        return proba
 
     # State
 

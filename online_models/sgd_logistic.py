@@ -93,33 +93,45 @@ class ScaledSGDLogistic:
 
     def predict_proba(self, x: Sequence[float]) -> float:
         """Probability of a positive label (River's clamped sigmoid of `logit`)."""
-        z = self.logit(x)
-        if z < -_SIGMOID_CLAMP:
-            return 0.0
-        if z > _SIGMOID_CLAMP:
-            return 1.0
-        return 1.0 / (1.0 + math.exp(-z))
+        return _sigmoid(self.logit(x))
 
     def learn(self, x: Sequence[float], y: bool) -> None:
         """One SGD step on a finite row (the caller checks finiteness)."""
+        self._step(x, y, score_first=False)
+
+    def learn_scored(self, x: Sequence[float], y: bool) -> float:
+        """`predict_proba` of the row by the model as it was, then `learn` it: one pass.
+
+        Prequential evaluation scores every label before learning it; the score's dot product
+        uses the statistics and weights each feature had before this row updated them, taken
+        in the same loop as the update instead of a second pass (or numpy arrays rebuilt
+        after every step, which cost more than the step itself).
+        """
+        return self._step(x, y, score_first=True)
+
+    def _step(self, x: Sequence[float], y: bool, *, score_first: bool) -> float:
         counts, means, variances = self.counts, self.means, self.variances
         weights = self.weights
         if weights is None:
             weights = self.weights = [0.0] * self.n_features
         scaled = [0.0] * self.n_features
         total = 0.0  # the logit's dot product, accumulated in feature order as it goes
+        before = 0.0  # the same before this row's update (only with score_first)
         for i, xi in enumerate(x):
             count = counts[i] + 1
             counts[i] = count
             old_mean = means[i]
+            old_var = variances[i]
+            if score_first and old_var:
+                before += weights[i] * ((xi - old_mean) / old_var**0.5)
             mean = old_mean + (xi - old_mean) / count
             means[i] = mean
-            old_var = variances[i]
             var = old_var + ((xi - old_mean) * (xi - mean) - old_var) / count
             variances[i] = var
             value = (xi - mean) / var**0.5 if var else 0.0
             scaled[i] = value
             total += weights[i] * value
+        proba = _sigmoid(before + self.intercept) if score_first else 0.0
         gradient = _log_loss_gradient(bool(y), total + self.intercept)
         self.intercept -= self.intercept_lr * gradient
         lr, l2 = self.lr, self.l2
@@ -131,6 +143,16 @@ class ScaledSGDLogistic:
             for i, value in enumerate(scaled):
                 weights[i] -= lr * (value * gradient)
         self.steps += 1
+        return proba
+
+
+def _sigmoid(z: float) -> float:
+    """River's sigmoid: exactly 0 below a logit of -30 and 1 above 30."""
+    if z < -_SIGMOID_CLAMP:
+        return 0.0
+    if z > _SIGMOID_CLAMP:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-z))
 
 
 def _log_loss_gradient(y: bool, logit: float) -> float:

@@ -200,9 +200,15 @@ def test_bad_inputs_are_refused() -> None:
 
 
 @pytest.mark.parametrize("n_learned", [0, 1, 10, 500])
-def test_one_row_score_is_the_matrix_score_bit_for_bit(n_learned: int) -> None:
-    model = _trained(n_learned, lr=0.2)
-    rows, _ = _stream(100, seed=12)
+def test_a_scored_learn_returns_the_score_before_it_then_learns_the_same(n_learned: int) -> None:
+    scored, plain = _trained(n_learned, lr=0.2), _trained(n_learned, lr=0.2)
+    rows, labels = _stream(100, seed=12)
     rows[:4, 2] = [1e9, -1e9, 1e7, -1e7]  # past the ±30 clamp both ways
-    for row in rows:
-        assert model.predict_proba_row(row) == model.predict_proba_many(row[None, :])[0]
+    for row, label in zip(rows, labels, strict=True):
+        values = row.tolist()
+        before = scored.predict_proba_vector(values)
+        matrix = scored.predict_proba_many(row[None, :])[0]
+        assert scored.learn_vector_scored(values, bool(label)) == before
+        assert before == pytest.approx(matrix, rel=1e-12, abs=1e-15)
+        plain.learn_vector(values, bool(label))
+        assert scored.to_state() == plain.to_state()
