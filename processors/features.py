@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from processors.catalog import Catalog
+from processors.compiled import kernel
 from processors.config import EngineConfig
 from processors.session_window import decayed_affinity
 from processors.taste import NO_EVIDENCE, rate
@@ -402,21 +403,6 @@ class ItemTable:
                 vector[index] = weight
         return vector
 
-    def best_genre_values(
-        self,
-        rows: np.ndarray,
-        values: Mapping[str, float],
-        hits: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Per row, the largest of ``values`` over the item's genres (absent genres count 0;
-        0 for items without genres). ``hits`` is ``genre_hits[rows]`` when the caller has it."""
-        vector = self.affinity_vector(values)
-        if hits is None:
-            hits = self.genre_hits[rows]
-        best = np.where(hits > 0.0, vector, -np.inf).max(axis=1)
-        best[np.isneginf(best)] = 0.0
-        return best
-
     def style_vector(self, values: Mapping[str, float], absent: float = 0.0) -> np.ndarray:
         """``values`` by `style_col`, ``absent`` for styles without one, and a last entry of
         -inf that `style_idx`'s padding (-1) picks, so a row's max ignores missing artworks."""
@@ -428,13 +414,6 @@ class ItemTable:
             if index is not None:
                 vector[index] = value
         return vector
-
-    def best_style_values(self, rows: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
-        """Per row, the largest of ``values`` over the styles of the item's artworks (absent
-        styles count 0; 0 for items without style tags)."""
-        best = self.style_vector(values)[self.style_idx[rows]].max(axis=1)
-        best[np.isneginf(best)] = 0.0
-        return best
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -520,6 +499,11 @@ def rank_feature_matrix(
     lifts (`CandidateSignals.item_lift`; 0 when not given). Row ``k`` equals
     ``rank_features(state, context, item_ids[k], ...)`` for the same signals (a unit test
     checks it, bit for bit).
+
+    The per-page values are gathered here into arrays (the context's dicts by genre and
+    style column, the session's sparse per-title signals by candidate index), then one
+    compiled pass (`_fill_rank_features`) writes every cell: as numpy operations on ~100
+    rows this was ~30 calls, each costing more than its arithmetic.
     """
     n = len(item_ids)
     features = np.zeros((n, len(RANK_FEATURE_NAMES)))
@@ -527,71 +511,141 @@ def rank_feature_matrix(
         return features
     if position is None:
         position = {item_id: k for k, item_id in enumerate(item_ids)}
-    hits = table.genre_hits[rows] if context.genre_lift or context.affinity else None
-    if context.genre_lift:
-        features[:, 0] = table.best_genre_values(rows, context.genre_lift, hits)
-    if context.affinity:
-        assert hits is not None
-        vector = table.affinity_vector(context.affinity)
-        affinity = hits @ vector
-        affinity /= table.genre_count[rows]
-        # math.tanh, not np.tanh: numpy's SIMD tanh differs in the last bit for ~1/3 of
-        # inputs, and ties between rows are broken on these values.
-        tanh = math.tanh
-        features[:, 1] = [tanh(value) for value in affinity.tolist()]
-    if item_lifts is not None:
-        features[:, 2] = item_lifts
-    if context.style_lift:
-        features[:, 3] = table.best_style_values(rows, context.style_lift)
+    get = position.get
+    knn_at: list[int] = []
+    knn_scores: list[float] = []
     if knn and context.knn_max > 0:
-        at = [position[item_id] for item_id, _ in knn]
-        scores = np.array([score for _, score in knn], dtype=np.float64)
-        features[at, 4] = scores / context.knn_max
-        features[at, 5] = scores > 0  # (a non-positive best kNN score means no kNN signal)
-    # math.log1p, not np.log1p, as for tanh above: numpy's SIMD log1p (AVX-512 builds) differs
-    # in the last bit for ~5% of inputs, so rows would depend on the CPU and differ from
-    # `rank_features`' (which label fallbacks learn from).
-    log1p = math.log1p
-    features[:, 6] = list(map(log1p, trending_scores))
-    resume = state.continue_watching
-    if resume:
-        for item_id, progress in resume.items():
-            k = position.get(item_id)
-            if k is not None:
-                features[k, 7] = progress
-    _exposure_columns(features, state, position)
-    for item_id in state.session_clicked:
-        k = position.get(item_id)
+        knn_at = [position[item_id] for item_id, _ in knn]
+        knn_scores = [score for _, score in knn]
+    resume_at: list[int] = []
+    resume: list[float] = []
+    for item_id, progress in state.continue_watching.items():
+        k = get(item_id)
         if k is not None:
-            features[k, 10] = 1.0
-    if context.device_is_mobile:
-        features[:, 11] = table.duration_log[rows]
-    features[:, 12] = table.unknown[rows]
-    features[:, CLICK_MODEL_COLUMN] = click_model_logit(features.T, context.click_logit)
+            resume_at.append(k)
+            resume.append(progress)
+    exposed_at: list[int] = []
+    impressions: list[int] = []
+    scroll_pasts: list[int] = []
+    if state.session_exposed:
+        for item_id, impressed, scrolled in state.exposure_counts():
+            k = get(item_id)
+            if k is not None:
+                exposed_at.append(k)
+                impressions.append(impressed)
+                scroll_pasts.append(scrolled)
+    clicked_at = [k for item_id in state.session_clicked if (k := get(item_id)) is not None]
+    _fill_rank_features(
+        features,
+        rows,
+        table.genre_hits,
+        table.genre_count,
+        table.duration_log,
+        table.unknown,
+        table.style_idx,
+        table.affinity_vector(context.genre_lift),
+        table.affinity_vector(context.affinity),
+        bool(context.affinity),
+        table.style_vector(context.style_lift),
+        np.zeros(n) if item_lifts is None else np.asarray(item_lifts, dtype=np.float64),
+        np.asarray(trending_scores, dtype=np.float64),
+        np.array(knn_at, dtype=np.intp),
+        np.array(knn_scores, dtype=np.float64),
+        float(context.knn_max),
+        np.array(resume_at, dtype=np.intp),
+        np.array(resume, dtype=np.float64),
+        np.array(exposed_at, dtype=np.intp),
+        np.array(impressions, dtype=np.float64),
+        np.array(scroll_pasts, dtype=np.float64),
+        np.array(clicked_at, dtype=np.intp),
+        bool(context.device_is_mobile),
+        float(context.click_logit),
+    )
     return features
 
 
-def _exposure_columns(features: np.ndarray, state: UserState, position: Mapping[str, int]) -> None:
-    """``log1p`` of the session's impressions (column 8) and scroll-pasts (column 9) of the
-    candidates, in one pass over the titles the session exposed."""
-    if not state.session_exposed:
-        return
-    impressed_at: list[int] = []
-    impressions: list[int] = []
-    scrolled_at: list[int] = []
-    scroll_pasts: list[int] = []
-    get = position.get
-    for item_id, impressed, scrolled in state.exposure_counts():
-        k = get(item_id)
-        if k is not None:
-            if impressed:
-                impressed_at.append(k)
-                impressions.append(impressed)
-            if scrolled:
-                scrolled_at.append(k)
-                scroll_pasts.append(scrolled)
-    log1p = math.log1p  # not np.log1p: see rank_feature_matrix
-    if impressed_at:
-        features[impressed_at, 8] = list(map(log1p, impressions))
-    if scrolled_at:
-        features[scrolled_at, 9] = list(map(log1p, scroll_pasts))
+@kernel
+def _fill_rank_features(
+    features: np.ndarray,
+    rows: np.ndarray,
+    genre_hits: np.ndarray,
+    genre_count: np.ndarray,
+    duration_log: np.ndarray,
+    unknown: np.ndarray,
+    style_idx: np.ndarray,
+    genre_lift: np.ndarray,
+    affinity: np.ndarray,
+    has_affinity: bool,
+    style_lift: np.ndarray,
+    item_lifts: np.ndarray,
+    trending_scores: np.ndarray,
+    knn_at: np.ndarray,
+    knn_scores: np.ndarray,
+    knn_max: float,
+    resume_at: np.ndarray,
+    resume: np.ndarray,
+    exposed_at: np.ndarray,
+    impressions: np.ndarray,
+    scroll_pasts: np.ndarray,
+    clicked_at: np.ndarray,
+    device_is_mobile: bool,
+    click_logit: float,
+) -> None:  # pragma: no cover - compiled (tests compare it with rank_features)
+    """Every cell of the candidates' feature rows, as `rank_features` computes one row.
+
+    ``genre_lift``/``affinity`` are by genre column, ``style_lift`` by style column with a
+    last -inf entry that the style padding (-1) reads; the sparse per-title signals come as
+    candidate indices and values. ``math.tanh``/``math.log1p`` are the C library's, as in
+    `rank_features`; sums run over genre columns in order, adding exact zeros for the
+    genres an item lacks.
+    """
+    n_genres = genre_hits.shape[1]
+    n_styles = style_idx.shape[1]
+    for k in range(rows.shape[0]):
+        row = rows[k]
+        taste = -np.inf
+        total = 0.0
+        for g in range(n_genres):
+            hit = genre_hits[row, g]
+            if hit > 0.0:
+                lift = genre_lift[g]
+                if lift > taste:
+                    taste = lift
+            total += hit * affinity[g]
+        features[k, 0] = 0.0 if taste == -np.inf else taste
+        if has_affinity:
+            features[k, 1] = math.tanh(total / genre_count[row])
+        features[k, 2] = item_lifts[k]
+        style = -np.inf
+        for a in range(n_styles):
+            value = style_lift[style_idx[row, a]]
+            if value > style:
+                style = value
+        features[k, 3] = 0.0 if style == -np.inf else style
+        features[k, 6] = math.log1p(trending_scores[k])
+        if device_is_mobile:
+            features[k, 11] = duration_log[row]
+        features[k, 12] = unknown[row]
+    for j in range(knn_at.shape[0]):
+        features[knn_at[j], 4] = knn_scores[j] / knn_max
+        features[knn_at[j], 5] = 1.0 if knn_scores[j] > 0 else 0.0
+    for j in range(resume_at.shape[0]):
+        features[resume_at[j], 7] = resume[j]
+    for j in range(exposed_at.shape[0]):
+        if impressions[j]:
+            features[exposed_at[j], 8] = math.log1p(impressions[j])
+        if scroll_pasts[j]:
+            features[exposed_at[j], 9] = math.log1p(scroll_pasts[j])
+    for j in range(clicked_at.shape[0]):
+        features[clicked_at[j], 10] = 1.0
+    for k in range(rows.shape[0]):
+        # click_model_logit, in its order of additions
+        features[k, 13] = (
+            click_logit
+            + features[k, 0]
+            + features[k, 2]
+            + features[k, 3]
+            + features[k, 4]
+            + features[k, 7]
+            - features[k, 9]
+        )
