@@ -23,11 +23,16 @@ from typing import Any, TypeVar
 
 import numba
 
-__all__ = ["kernel"]
+__all__ = ["KERNELS", "kernel"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: Every kernel defined so far, by qualified name: the worker's warm-up is checked against it.
+KERNELS: dict[str, Any] = {}
 
 
 def kernel(function: _F) -> _F:
     """Compile ``function`` with numba in nopython mode (cached, GIL released, no fastmath)."""
-    return numba.njit(cache=True, nogil=True, fastmath=False)(function)  # type: ignore[no-any-return]
+    dispatcher = numba.njit(cache=True, nogil=True, fastmath=False)(function)
+    KERNELS[f"{function.__module__}.{function.__qualname__}"] = dispatcher
+    return dispatcher  # type: ignore[no-any-return]

@@ -30,6 +30,7 @@ from stream.kafka_transport import consume_in_batches, producer_send
 from stream.latency import GcPauses
 from stream.pipeline import EventPipeline, RawMessage
 from stream.redis_store import RedisStore
+from stream.warmup import warm_up_engine
 
 __all__ = [
     "WorkerApp",
@@ -152,6 +153,8 @@ class WorkerApp:
             served_cache_pages=settings.served_cache_pages,
             limits=settings.codec_limits(),
         )
+        # Before the app starts: the first batch must not pay the kernels' compilation.
+        log.info("engine kernels ready in %.2f s", warm_up_engine(settings.engine))
         self.pipeline = EventPipeline(
             settings, engine, self.store, self._send, on_failure=self._completion_failed
         )
