@@ -19,7 +19,7 @@ Rules for a kernel:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numba
 
@@ -27,12 +27,31 @@ __all__ = ["KERNELS", "kernel"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-#: Every kernel defined so far, by qualified name: the worker's warm-up is checked against it.
+#: Every kernel Python calls, by qualified name: the worker's warm-up is checked against it.
 KERNELS: dict[str, Any] = {}
 
 
-def kernel(function: _F) -> _F:
-    """Compile ``function`` with numba in nopython mode (cached, GIL released, no fastmath)."""
-    dispatcher = numba.njit(cache=True, nogil=True, fastmath=False)(function)
-    KERNELS[f"{function.__module__}.{function.__qualname__}"] = dispatcher
-    return dispatcher  # type: ignore[no-any-return]
+@overload
+def kernel(function: _F, /) -> _F: ...
+
+
+@overload
+def kernel(*, called_by_kernels_only: bool) -> Callable[[_F], _F]: ...
+
+
+def kernel(
+    function: _F | None = None, /, *, called_by_kernels_only: bool = False
+) -> _F | Callable[[_F], _F]:
+    """Compile ``function`` with numba in nopython mode (cached, GIL released, no fastmath).
+
+    ``called_by_kernels_only`` marks a helper that only other kernels call: it is compiled
+    into them (and cached with them), so it never has a signature of its own to warm up.
+    """
+
+    def compile_(target: _F) -> _F:
+        dispatcher = numba.njit(cache=True, nogil=True, fastmath=False)(target)
+        if not called_by_kernels_only:
+            KERNELS[f"{target.__module__}.{target.__qualname__}"] = dispatcher
+        return dispatcher  # type: ignore[no-any-return]
+
+    return compile_ if function is None else compile_(function)

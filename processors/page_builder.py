@@ -15,6 +15,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from processors.arrangement import arrange
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import HOLDOUT
@@ -360,17 +361,59 @@ class PageBuilder:
             self.engagement.item_lifts(item_ids),
         )
         score_array = self._scores(features)
-        score_of = dict(zip(item_ids, score_array.tolist(), strict=True))
-        best = _by_score(score_array, item_ids)
-        rank_of = dict(zip(best, range(len(best)), strict=True))
-        top_picks = self._diversified(best, score_of, config.row_size * 2)
-        plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
-        arranged = self._arrange(plans, score_of, rank_of)
+        arranged, placed_at = self._ordered_rows(plans, item_ids, position, rows, score_array)
         placed = tuple([item_id for _, items in arranged for item_id, _ in items])
-        # Candidate indices of the placed items, as one index array for both gathers.
-        placed_at = np.array([position[item_id] for item_id in placed], dtype=np.intp)
         page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
         return page_rows, placed, features[placed_at].astype(np.float32)
+
+    def _ordered_rows(
+        self,
+        plans: list[_RowPlan],
+        item_ids: list[str],
+        position: dict[str, int],
+        rows: np.ndarray,
+        scores: np.ndarray,
+    ) -> tuple[list[tuple[_RowPlan, list[tuple[str, float]]]], np.ndarray]:
+        """The candidates' order, "Top picks" and the arranged rows, with the candidate index
+        of every placed title (page order), in one compiled pass (`processors.arrangement`);
+        a page whose scores tie takes `_diversified` and `_arrange`, where item ids decide."""
+        config = self.config
+        limit = config.row_size * 2
+        page = arrange(
+            scores,
+            rows,
+            self.items,
+            [[position[item_id] for item_id in plan.item_ids] for plan in plans],
+            [plan.ordered for plan in plans],
+            [plan.row_id for plan in plans],
+            genre_diversity=config.genre_diversity,
+            top_picks_limit=limit,
+            page_rows=config.page_rows,
+            row_size=config.row_size,
+        )
+        if page is None:
+            score_of = dict(zip(item_ids, scores.tolist(), strict=True))
+            best = _by_score(scores, item_ids)
+            rank_of = dict(zip(best, range(len(best)), strict=True))
+            top_picks = self._diversified(best, score_of, limit)
+            plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
+            arranged = self._arrange(plans, score_of, rank_of)
+            placed_at = [position[item_id] for _, items in arranged for item_id, _ in items]
+            return arranged, np.array(placed_at, dtype=np.intp)
+        plans.append(
+            _RowPlan(
+                "top-picks",
+                "Top picks for you",
+                [item_ids[k] for k in page.top_picks],
+                ordered=True,
+            )
+        )
+        score_list = scores.tolist()
+        arranged = [
+            (plans[plan], [(item_ids[k], score_list[k]) for k in at])
+            for plan, at in zip(page.plans, page.positions, strict=True)
+        ]
+        return arranged, np.array([k for at in page.positions for k in at], dtype=np.intp)
 
     def _from_trending(self, trending_ids: list[str]) -> _TrendingDerived:
         """What the page takes from the trending order alone, reused while it stands.

@@ -51,6 +51,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("online_models.engagement", "EngagementRates.item_lifts", "  item click lifts"),
     ("processors.page_builder", "rank_feature_matrix", "  feature matrix"),
     ("online_models.blended_ranker", "BlendedRanker.predict_proba_many", "  scoring"),
+    ("processors.page_builder", "arrange", "  order, spread and rows (compiled)"),
     ("processors.page_builder", "_by_score", "  candidate order"),
     ("processors.page_builder", "PageBuilder._diversified", "  top picks spread"),
     ("processors.page_builder", "PageBuilder._arrange", "  row arrangement"),
