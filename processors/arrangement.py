@@ -52,7 +52,8 @@ def arrange(
     scores: np.ndarray,
     table_rows: np.ndarray,
     table: ItemTable,
-    plan_positions: Sequence[Sequence[int]],
+    plan_positions: Sequence[int],
+    plan_sizes: Sequence[int],
     plan_ordered: Sequence[bool],
     row_ids: Sequence[str],
     *,
@@ -64,16 +65,13 @@ def arrange(
     """Order, spread and arrange a page; None when two scores tie (the caller's Python path
     decides ties by item id).
 
-    ``plan_positions`` are each row plan's candidate indices, ``plan_ordered`` whether a plan
-    is already in display order, ``row_ids`` the plans' ids (ties between rows go to the
+    ``plan_positions`` are the row plans' candidate indices one plan after the other,
+    ``plan_sizes`` how many each plan has, ``plan_ordered`` whether a plan is already in
+    display order, ``row_ids`` the plans' ids (ties between rows go to the
     smaller id); a "Top picks" plan of ``top_picks_limit`` titles is appended last.
     ``table_rows`` are the candidates' rows in ``table`` (their ids' order for ties, their
     genres for the spread).
     """
-    sizes = [len(positions) for positions in plan_positions]
-    flat = np.fromiter((k for positions in plan_positions for k in positions), np.intp, sum(sizes))
-    offsets = np.zeros(len(sizes) + 1, dtype=np.intp)
-    np.cumsum(sizes, out=offsets[1:])
     # A row's rank among the row ids (top picks included), for ties between row scores.
     ids = [*row_ids, "top-picks"]
     id_rank = np.empty(len(ids), dtype=np.intp)
@@ -89,8 +87,8 @@ def arrange(
         table.id_length,
         table.genre_hits,
         table.genre_count,
-        flat,
-        offsets,
+        np.array(plan_positions, dtype=np.intp),
+        np.array(plan_sizes, dtype=np.intp),
         np.array(plan_ordered, dtype=np.bool_),
         id_rank,
         float(genre_diversity),
@@ -103,11 +101,10 @@ def arrange(
     if status == _TIED:
         return None
     n_top, n_rows = divmod(status, page_rows + 1)
-    lengths = out_lengths[:n_rows].tolist()
     placed = out_positions.tolist()
     rows = []
     start = 0
-    for length in lengths:
+    for length in out_lengths[:n_rows].tolist():
         rows.append(placed[start : start + length])
         start += length
     return ArrangedPage(out_plans[:n_rows].tolist(), rows, top_picks[:n_top].tolist())
@@ -122,7 +119,7 @@ def _arrange_kernel(
     genre_hits: np.ndarray,
     genre_count: np.ndarray,
     flat: np.ndarray,
-    offsets: np.ndarray,
+    sizes: np.ndarray,
     ordered: np.ndarray,
     id_rank: np.ndarray,
     genre_diversity: float,
@@ -169,7 +166,10 @@ def _arrange_kernel(
     n_top = _spread(scores, order, table_rows, genre_hits, genre_count, genre_diversity, top_picks)
 
     # 3. Rows, greedily: the plan whose best three unplaced titles score highest goes next.
-    n_plans = offsets.shape[0] - 1
+    n_plans = sizes.shape[0]
+    offsets = np.zeros(n_plans + 1, dtype=np.intp)
+    for p in range(n_plans):
+        offsets[p + 1] = offsets[p] + sizes[p]
     total_plans = n_plans + 1  # the top picks last
     items = np.empty(flat.shape[0] + n_top, dtype=np.intp)
     starts = np.empty(total_plans + 1, dtype=np.intp)

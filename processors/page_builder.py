@@ -11,6 +11,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 
 import numpy as np
@@ -383,7 +384,8 @@ class PageBuilder:
             scores,
             rows,
             self.items,
-            [[position[item_id] for item_id in plan.item_ids] for plan in plans],
+            list(map(position.__getitem__, chain.from_iterable(plan.item_ids for plan in plans))),
+            [len(plan.item_ids) for plan in plans],
             [plan.ordered for plan in plans],
             [plan.row_id for plan in plans],
             genre_diversity=config.genre_diversity,
@@ -408,9 +410,9 @@ class PageBuilder:
                 ordered=True,
             )
         )
-        score_list = scores.tolist()
+        id_at, score_at = item_ids.__getitem__, scores.tolist().__getitem__
         arranged = [
-            (plans[plan], [(item_ids[k], score_list[k]) for k in at])
+            (plans[plan], list(zip(map(id_at, at), map(score_at, at))))  # noqa: B905 (equal)
             for plan, at in zip(page.plans, page.positions, strict=True)
         ]
         return arranged, np.array([k for at in page.positions for k in at], dtype=np.intp)
