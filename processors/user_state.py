@@ -206,6 +206,18 @@ def _parse_page_key(recommendation_id: str) -> int:
     return stable_hash64(recommendation_id)
 
 
+def _page_needle(recommendation_id: str) -> bytes:
+    """The `page_key` as the 8 bytes ``recent_pages`` holds, memoized like `page_key`: the
+    events of one page view ask about the same page one after another."""
+    global _last_page_needle
+    last_id, last = _last_page_needle
+    if recommendation_id == last_id:
+        return last
+    needle = _key_bytes(page_key(recommendation_id))
+    _last_page_needle = (recommendation_id, needle)
+    return needle
+
+
 def page_id(key: int) -> str:
     """The engine's page id with this `page_key`."""
     return f"rec-{key:016x}"
@@ -213,6 +225,7 @@ def page_id(key: int) -> str:
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _last_page_key: tuple[str, int] = ("", stable_hash64(""))
+_last_page_needle: tuple[str, bytes] = ("", _key_bytes(stable_hash64("")))
 
 
 _PAIR = struct.Struct("dd")
@@ -774,7 +787,7 @@ class UserState:
         Pages are built in the user's own arm (``PageBuilder`` serves ``state.variant``, which
         never changes), so a state remembers which pages it was served, not their arm.
         """
-        if _key_index(self.recent_pages, _key_bytes(page_key(recommendation_id))) < 0:
+        if _key_index(self.recent_pages, _page_needle(recommendation_id)) < 0:
             return None
         return self.variant
 

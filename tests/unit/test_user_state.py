@@ -391,3 +391,15 @@ def test_event_id_fingerprints_are_the_stable_hash_in_machine_order() -> None:
     for event_id in ("", "e-1", "é" * 40, "x" * 300):
         expected = stable_hash64(event_id).to_bytes(8, sys.byteorder)
         assert user_state._fingerprint_bytes(event_id) == expected
+
+
+def test_page_variant_knows_the_recent_pages_asked_about_in_any_order() -> None:
+    """The memoized page needle answers for the page asked about, whichever came before."""
+    state = UserState("u1")
+    state.variant = "personalized"
+    pages = [stable_id("rec", "u1", f"e{index}") for index in range(3)]
+    for page in pages[:2]:
+        state.remember_page(page)
+    for asked in (pages[0], pages[0], pages[2], pages[1], "not-a-page", pages[1]):
+        expected = "personalized" if asked in pages[:2] else None
+        assert state.page_variant(asked) == expected
