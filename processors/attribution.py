@@ -161,7 +161,9 @@ class ArmMetrics:
         name = OUTCOME_FIELDS.get(event_type)
         if name is None:
             return
-        totals = self.arm(variant)
+        totals = self._arms.get(variant)
+        if totals is None:  # (`arm` creates it: the lookup first, every event counted comes here)
+            totals = self.arm(variant)
         setattr(totals, name, getattr(totals, name) + 1)
         if by_page:
             totals.attributed_by_page += 1

@@ -16,7 +16,7 @@ import numpy as np
 from processors.catalog import Catalog
 from processors.compiled import kernel
 from processors.config import EngineConfig
-from processors.session_window import decayed_affinity
+from processors.session_window import decay_factor, decayed_affinity
 from processors.taste import NO_EVIDENCE, rate
 from processors.user_state import UserState
 from schemas.messages import CatalogItem
@@ -83,18 +83,22 @@ _TWO_PI = 2.0 * math.pi
 
 
 def session_features(state: UserState, now: int, config: EngineConfig) -> list[float]:
-    """Session feature vector in ``SESSION_FEATURE_NAMES`` order."""
+    """Session feature vector in ``SESSION_FEATURE_NAMES`` order.
+
+    Computed for every event of a session without a play (the churn check), so the parts
+    that depend on one small input are looked up (`_device_flags`, `_hour_waves`) and the
+    genre focus reads the affinity's values without building the decayed dict: each
+    value is what ``decayed_affinity`` gives (``w * factor``, summed in the same order).
+    """
     counts = state.type_counts
     log1p = math.log1p
     impressions, hovers, clicks, scrolls = counts[0], counts[1], counts[2], counts[3]
     age_ms = max(state.last_ts - state.session_start, 0)
     age_min = age_ms / 60_000.0
     speed = state.session_events / max(age_min, 0.5)  # events per minute, floor avoids blow-ups
-    affinity = decayed_affinity(state, now, config.genre_half_life_ms)
-    positive = [w for w in affinity.values() if w > 0]
-    focus = max(positive) / sum(positive) if positive else 0.0
-    device = (state.device or "").lower()
-    hour_angle = _TWO_PI * state.local_hour / 24.0
+    focus = _genre_focus(state, now, config.genre_half_life_ms)
+    is_mobile, is_tv = _device_flags(state.device)
+    hour_sin, hour_cos = _hour_waves(state.local_hour)
     return [
         log1p(state.session_events),
         log1p(impressions),
@@ -110,12 +114,57 @@ def session_features(state: UserState, now: int, config: EngineConfig) -> list[f
         clicks / (impressions + 1.0),
         state.progress_sum / state.progress_n if state.progress_n else 0.0,
         focus,
-        1.0 if device in _MOBILE else 0.0,
-        1.0 if device in _TV else 0.0,
-        math.sin(hour_angle),
-        math.cos(hour_angle),
+        is_mobile,
+        is_tv,
+        hour_sin,
+        hour_cos,
         1.0 if state.sessions_total > 0 else 0.0,
     ]
+
+
+def _genre_focus(state: UserState, now: int, half_life_ms: int) -> float:
+    """The strongest positive decayed genre affinity's share of all positive ones.
+
+    ``w * 1.0`` is ``w`` for every float, so the multiplication is skipped when nothing
+    decayed (the event just added to the affinity, the usual case).
+    """
+    affinity = state.genre_affinity
+    if not affinity:
+        return 0.0
+    weights = affinity.values()
+    factor = decay_factor(now - state.affinity_ts, half_life_ms)
+    if factor != 1.0:
+        weights = [weight * factor for weight in weights]
+    positive = [weight for weight in weights if weight > 0]
+    return max(positive) / sum(positive) if positive else 0.0
+
+
+def _device_flags(device: str | None) -> tuple[float, float]:
+    """``(device_is_mobile, device_is_tv)``, memoized: a handful of device names repeat."""
+    flags = _DEVICE_FLAGS.get(device)
+    if flags is None:
+        name = (device or "").lower()
+        flags = (1.0 if name in _MOBILE else 0.0, 1.0 if name in _TV else 0.0)
+        if len(_DEVICE_FLAGS) < _MAX_DEVICE_NAMES:  # clients may send anything: bounded
+            _DEVICE_FLAGS[device] = flags
+    return flags
+
+
+def _hour_waves(local_hour: int) -> tuple[float, float]:
+    """Sine and cosine of the local hour's angle (the table holds the same expressions'
+    values for the 24 hours; any other value is computed)."""
+    waves = _HOUR_WAVES.get(local_hour)
+    if waves is None:
+        angle = _TWO_PI * local_hour / 24.0
+        waves = (math.sin(angle), math.cos(angle))
+    return waves
+
+
+_DEVICE_FLAGS: dict[str | None, tuple[float, float]] = {}
+_MAX_DEVICE_NAMES = 256
+_HOUR_WAVES: dict[int, tuple[float, float]] = {
+    hour: (math.sin(_TWO_PI * hour / 24.0), math.cos(_TWO_PI * hour / 24.0)) for hour in range(24)
+}
 
 
 def public_session_features(state: UserState, now: int, config: EngineConfig) -> dict[str, Any]:

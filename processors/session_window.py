@@ -14,7 +14,13 @@ from processors.taste import TASTE_TYPES, add_evidence, engagement_of
 from processors.user_state import EVENT_TYPE_INDEX, UserState
 from schemas.messages import BehaviourEvent, CatalogItem
 
-__all__ = ["AFFINITY_WEIGHTS", "artwork_style", "decayed_affinity", "update_window"]
+__all__ = [
+    "AFFINITY_WEIGHTS",
+    "artwork_style",
+    "decay_factor",
+    "decayed_affinity",
+    "update_window",
+]
 
 #: How much each event type says about liking an item's genres. Scroll-pasts and drop-offs are
 #: evidence against: behaviour, not demographics, is the signal.
@@ -36,6 +42,7 @@ _FULL_DWELL_MS = 3_000.0
 #: Items tracked per session in the exposure maps.
 _MAX_EXPOSURE_ITEMS = 128
 _MIN_RESUME_PROGRESS = 0.02
+_LN2 = math.log(2.0)
 _MAX_RESUME_PROGRESS = 0.95
 
 
@@ -43,7 +50,7 @@ def decayed_affinity(state: UserState, now: int, half_life_ms: int) -> dict[str,
     """Genre affinities decayed to ``now`` (read-only; the state keeps undecayed values)."""
     if not state.genre_affinity:
         return {}
-    factor = _decay_factor(now - state.affinity_ts, half_life_ms)
+    factor = decay_factor(now - state.affinity_ts, half_life_ms)
     return {genre: weight * factor for genre, weight in state.genre_affinity.items()}
 
 
@@ -120,16 +127,16 @@ def _add_affinity(
     state: UserState, genres: tuple[str, ...], weight: float, ts: int, config: EngineConfig
 ) -> None:
     affinity = state.genre_affinity
+    factor = 1.0
     if ts > state.affinity_ts:
         if affinity:
-            affinity.scale(_decay_factor(ts - state.affinity_ts, config.genre_half_life_ms))
+            factor = decay_factor(ts - state.affinity_ts, config.genre_half_life_ms)
         state.affinity_ts = ts
         age_factor = 1.0
     else:  # out-of-order event: add it as already decayed to the window's clock
-        age_factor = _decay_factor(state.affinity_ts - ts, config.genre_half_life_ms)
+        age_factor = decay_factor(state.affinity_ts - ts, config.genre_half_life_ms)
     share = weight * age_factor / len(genres)
-    for genre in genres:
-        affinity[genre] = affinity.get(genre, 0.0) + share
+    affinity.decay_and_add(factor, genres, share)
     if len(affinity) > config.max_genres:
         weakest = min(affinity, key=lambda genre: abs(affinity[genre]))
         del affinity[weakest]
@@ -167,10 +174,12 @@ def _with_clicked(clicked: tuple[str, ...], item_id: str) -> tuple[str, ...]:
     return clicked[1:] if len(clicked) > _MAX_EXPOSURE_ITEMS else clicked
 
 
-def _decay_factor(elapsed_ms: int, half_life_ms: int) -> float:
+def decay_factor(elapsed_ms: int, half_life_ms: int) -> float:
+    """What a weight keeps after ``elapsed_ms`` (exactly 1.0 when no time passed, which
+    lets `processors.features` skip multiplying by it)."""
     if elapsed_ms <= 0:
         return 1.0
-    return math.exp(-math.log(2.0) * elapsed_ms / half_life_ms)
+    return math.exp(-_LN2 * elapsed_ms / half_life_ms)
 
 
 def _utc_hour(ts: int) -> int:

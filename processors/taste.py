@@ -35,6 +35,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, MutableMapping, Sequence
 
+from processors.user_state import PairMap
+
 __all__ = [
     "NO_EVIDENCE",
     "TASTE_TYPES",
@@ -95,9 +97,12 @@ def add_evidence(
     if not keys or (engaged == 0.0 and examined == 0.0):
         return
     share = 1.0 / len(keys)
-    for key in keys:
-        first, second = evidence.get(key, _NONE)
-        evidence[key] = (first + engaged * share, second + examined * share)
+    if type(evidence) is PairMap:  # the states' evidence: one copy of its values, same sums
+        evidence.add_to_each(keys, engaged * share, examined * share)
+    else:
+        for key in keys:
+            first, second = evidence.get(key, _NONE)
+            evidence[key] = (first + engaged * share, second + examined * share)
     if len(evidence) > limit:
         weakest = min(evidence, key=lambda key: evidence[key][1] + evidence[key][0])
         del evidence[weakest]

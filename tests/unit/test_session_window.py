@@ -140,3 +140,34 @@ def test_clicked_titles_are_an_ordered_set_forgetting_the_oldest() -> None:
             "t129",
         )
     )
+
+
+def test_session_feature_lookups_give_the_computed_values() -> None:
+    """The memoized device flags and hour waves are what the expressions give, for any
+    device name and for hours outside the table too."""
+    from processors import features
+
+    for device in (None, "", "TV", "Mobile", "fridge", "ios"):
+        name = (device or "").lower()
+        expected = (float(name in features._MOBILE), float(name in features._TV))
+        assert features._device_flags(device) == expected
+        assert features._device_flags(device) == expected  # the memoized answer
+    for hour in (*range(24), 24, -1, 100):
+        angle = 2.0 * math.pi * hour / 24.0
+        assert features._hour_waves(hour) == (math.sin(angle), math.cos(angle))
+
+
+def test_genre_focus_reads_the_decayed_affinity() -> None:
+    from processors.features import _genre_focus
+
+    state = UserState("u1")
+    assert _genre_focus(state, T0, CONFIG.genre_half_life_ms) == 0.0
+    state.genre_affinity["horror"] = 2.0
+    state.genre_affinity["comedy"] = 0.5
+    state.genre_affinity["drama"] = -1.0
+    state.affinity_ts = T0
+    for now in (T0, T0 + 1, T0 + 600_000):
+        decayed = decayed_affinity(state, now, CONFIG.genre_half_life_ms)
+        positive = [weight for weight in decayed.values() if weight > 0]
+        expected = max(positive) / sum(positive)
+        assert _genre_focus(state, now, CONFIG.genre_half_life_ms) == expected

@@ -358,3 +358,48 @@ def test_churn_snapshots_of_any_width_are_walked_and_read_back(width: int) -> No
         if len(reference) > 4:
             del reference[1]
         assert [r.tolist() for r in state.churn_snapshot_rows()] == reference
+
+
+def test_adding_to_several_keys_at_once_gives_the_per_key_sums() -> None:
+    """`PairMap.add_to_each` and `FloatMap.decay_and_add` are the per-key updates they
+    replace, bit for bit, repeated keys and new keys included."""
+    rng = random.Random(7)
+    pairs, pair_reference = PairMap(), PairMap()
+    floats, float_reference = FloatMap(), FloatMap()
+    genres = ("horror", "comedy", "drama", "anime")
+    for _ in range(300):
+        keys = tuple(rng.choice(genres) for _ in range(rng.randint(1, 3)))
+        first, second = rng.random() / 3.0, rng.choice((0.0, -0.0, 1.0, rng.random()))
+        pairs.add_to_each(keys, first, second)
+        for key in keys:
+            old_first, old_second = pair_reference.get(key, (0.0, 0.0))
+            pair_reference[key] = (old_first + first, old_second + second)
+        factor = rng.choice((1.0, rng.random()))
+        floats.decay_and_add(factor, keys, -second)
+        if factor != 1.0 and float_reference:
+            float_reference.scale(factor)
+        for key in keys:
+            float_reference[key] = float_reference.get(key, 0.0) + -second
+        assert list(pairs) == list(pair_reference) and list(floats) == list(float_reference)
+        assert pairs._values == pair_reference._values
+        assert floats._values == float_reference._values
+
+
+def test_event_id_fingerprints_are_the_stable_hash_in_machine_order() -> None:
+    from processors.ids import stable_hash64
+
+    for event_id in ("", "e-1", "é" * 40, "x" * 300):
+        expected = stable_hash64(event_id).to_bytes(8, sys.byteorder)
+        assert user_state._fingerprint_bytes(event_id) == expected
+
+
+def test_page_variant_knows_the_recent_pages_asked_about_in_any_order() -> None:
+    """The memoized page needle answers for the page asked about, whichever came before."""
+    state = UserState("u1")
+    state.variant = "personalized"
+    pages = [stable_id("rec", "u1", f"e{index}") for index in range(3)]
+    for page in pages[:2]:
+        state.remember_page(page)
+    for asked in (pages[0], pages[0], pages[2], pages[1], "not-a-page", pages[1]):
+        expected = "personalized" if asked in pages[:2] else None
+        assert state.page_variant(asked) == expected
