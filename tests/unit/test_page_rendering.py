@@ -1,18 +1,20 @@
-"""A page's artworks, remembered per order of the style pulls, are those the arrays give."""
+"""A page's artworks, remembered per order of the style pulls, are those the arrays give; the
+page's objects built slot by slot equal the dataclasses' own."""
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import fields
 
 import numpy as np
 import pytest
 
 from processors.catalog import Catalog
 from processors.features import ItemTable
-from processors.page_builder import _page_items, _page_row
+from processors.page_builder import _page, _page_items, _page_row
 from processors.styled_artworks import StyledArtworks
-from schemas.messages import CatalogItem, PageItem, PageRow
+from schemas.messages import CatalogItem, Page, PageItem, PageRow
 
 STYLES = ("closeup", "scene", "title", "cast", "dark")
 
@@ -116,3 +118,13 @@ def test_rows_of_numpy_ints_are_accepted() -> None:
     styled = StyledArtworks(table)
     pulls = dict(zip(STYLES, (1.0, 2.0, 3.0, 4.0, 5.0), strict=True))
     assert styled.choose(item_ids, rows, pulls) == styled.choose_by_arrays(item_ids, rows, pulls)
+
+
+def test_page_equals_the_dataclass() -> None:
+    """Every field set, each to its own value: a field added to `Page` fails here."""
+    values = ("u1", "s1", "rec-1", "e1", 123, (PageRow("r", "R", ()),), "holdout", ("e0",))
+    page = _page(*values)
+    expected = Page(*values)
+    assert type(page) is Page and page == expected and hash(page) == hash(expected)
+    assert repr(page) == repr(expected)
+    assert len(fields(Page)) == len(values)
