@@ -8,10 +8,10 @@ by the engagement their best items predict, and each title appears on the page o
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter
 
 import numpy as np
@@ -35,7 +35,8 @@ from processors.ports import (
     NextItemIndex,
     Popularity,
 )
-from processors.rounding import round6
+from processors.rounding import round6_many
+from processors.styled_artworks import StyledArtworks
 from processors.taste import NO_EVIDENCE
 from processors.user_state import UserState
 from schemas.messages import Page, PageItem, PageRow
@@ -54,19 +55,76 @@ _SPREAD_SLOTS = 6
 #: The id of a ``(-score, item_id)`` pair.
 _second = itemgetter(1)
 
+_new = object.__new__
 _set_item_id = PageItem.__dict__["item_id"].__set__
 _set_score = PageItem.__dict__["score"].__set__
 _set_artwork_id = PageItem.__dict__["artwork_id"].__set__
+_set_row_id = PageRow.__dict__["row_id"].__set__
+_set_row_title = PageRow.__dict__["title"].__set__
+_set_row_items = PageRow.__dict__["items"].__set__
+#: Runs an iterator to its end, in C (the ``consume`` recipe of ``itertools``).
+_consume = deque(maxlen=0).extend
 
 
-def _page_item(item_id: str, score: float, artwork_id: str | None) -> PageItem:
-    """``PageItem(item_id, score, artwork_id)`` without the frozen dataclass's per-field
-    ``object.__setattr__`` (a page has ~60 of them; this halves their cost)."""
-    item = object.__new__(PageItem)
-    _set_item_id(item, item_id)
-    _set_score(item, score)
-    _set_artwork_id(item, artwork_id)
-    return item
+def _page_items(
+    item_ids: Sequence[str], scores: Sequence[float], artwork_ids: Sequence[str | None]
+) -> list[PageItem]:
+    """``[PageItem(i, s, a) for i, s, a in zip(...)]`` without the frozen dataclass's
+    per-field ``object.__setattr__`` and with no Python-level loop: each field is set on
+    every item by one ``map`` over its slot's setter (a page has ~60 items; ~0.2 µs an item
+    instead of ~0.7)."""
+    if not len(item_ids) == len(scores) == len(artwork_ids):  # map() would stop at the shortest
+        raise ValueError(
+            f"{len(item_ids)} item ids, {len(scores)} scores, {len(artwork_ids)} artwork ids"
+        )
+    items = list(map(_new, repeat(PageItem, len(item_ids))))
+    _consume(map(_set_item_id, items, item_ids))
+    _consume(map(_set_score, items, scores))
+    _consume(map(_set_artwork_id, items, artwork_ids))
+    return items
+
+
+def _page_row(row_id: str, title: str, items: tuple[PageItem, ...]) -> PageRow:
+    """``PageRow(row_id, title, items)``, its slots set directly (as for `_page_items`)."""
+    row = _new(PageRow)
+    _set_row_id(row, row_id)
+    _set_row_title(row, title)
+    _set_row_items(row, items)
+    return row
+
+
+_set_user_id = Page.__dict__["user_id"].__set__
+_set_session_id = Page.__dict__["session_id"].__set__
+_set_recommendation_id = Page.__dict__["recommendation_id"].__set__
+_set_trigger_event_id = Page.__dict__["trigger_event_id"].__set__
+_set_generated_at = Page.__dict__["generated_at"].__set__
+_set_rows = Page.__dict__["rows"].__set__
+_set_variant = Page.__dict__["variant"].__set__
+_set_coalesced_event_ids = Page.__dict__["coalesced_event_ids"].__set__
+
+
+def _page(
+    user_id: str,
+    session_id: str,
+    recommendation_id: str,
+    trigger_event_id: str,
+    generated_at: int,
+    rows: tuple[PageRow, ...],
+    variant: str,
+    coalesced_event_ids: tuple[str, ...],
+) -> Page:
+    """``Page(...)`` with every field given, its slots set directly (as for `_page_items`):
+    half the cost of the frozen dataclass's ``__init__``."""
+    page = _new(Page)
+    _set_user_id(page, user_id)
+    _set_session_id(page, session_id)
+    _set_recommendation_id(page, recommendation_id)
+    _set_trigger_event_id(page, trigger_event_id)
+    _set_generated_at(page, generated_at)
+    _set_rows(page, rows)
+    _set_variant(page, variant)
+    _set_coalesced_event_ids(page, coalesced_event_ids)
+    return page
 
 
 def _by_score(scores: np.ndarray, item_ids: list[str]) -> list[str]:
@@ -184,6 +242,7 @@ class PageBuilder:
         self.bandit = bandit
         self.engagement = engagement
         self.items = ItemTable()
+        self._styled_artworks = StyledArtworks(self.items)
         self._trending_memo: _TrendingDerived | None = None
 
     # -- features for one item (impression-time fallback) ------------------------------
@@ -262,15 +321,15 @@ class PageBuilder:
             features = np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
         else:
             page_rows, item_ids, features = self._personalized(state, recommendation_id, now)
-        page = Page(
-            user_id=state.user_id,
-            session_id=state.session_id,
-            recommendation_id=recommendation_id,
-            trigger_event_id=trigger_event_id,
-            generated_at=generated_at,
-            rows=page_rows,
-            variant=state.variant,
-            coalesced_event_ids=coalesced_event_ids,
+        page = _page(
+            state.user_id,
+            state.session_id,
+            recommendation_id,
+            trigger_event_id,
+            generated_at,
+            page_rows,
+            state.variant,
+            coalesced_event_ids,
         )
         return ServedPage(page=page, item_ids=item_ids, features=features)
 
@@ -447,25 +506,13 @@ class PageBuilder:
         `ItemTable` rows (taken from the candidates' rows: no second lookup per item).
         """
         chosen = self._artworks(placed_ids, placed_rows, state, recommendation_id)
+        scores = round6_many([score for _, items in arranged for _, score in items])
+        page_items = _page_items(placed_ids, scores, chosen)
         rows = []
         start = 0
-        rounded = round6
         for plan, items in arranged:
             end = start + len(items)
-            rows.append(
-                PageRow(
-                    plan.row_id,
-                    plan.title,
-                    tuple(
-                        [
-                            _page_item(item_id, rounded(score), artwork_id)
-                            for (item_id, score), artwork_id in zip(
-                                items, chosen[start:end], strict=True
-                            )
-                        ]
-                    ),
-                )
-            )
+            rows.append(_page_row(plan.row_id, plan.title, tuple(page_items[start:end])))
             start = end
         return tuple(rows)
 
@@ -477,8 +524,8 @@ class PageBuilder:
         recommendation_id: str,
     ) -> list[str | None]:
         """Each title's artwork in the style that pulls this user most (``ArtworkBandit
-        .choose_styled``, vectorized over the page with the style columns of `ItemTable`);
-        titles without style tags go to the per-artwork bandit in one draw."""
+        .choose_styled``, remembered per order of the pulls: `StyledArtworks`); titles
+        without style tags go to the per-artwork bandit in one draw."""
         items = self.items
         pulls = self.bandit.style_pulls(
             list(items.style_col),
@@ -488,20 +535,8 @@ class PageBuilder:
             draw_key=recommendation_id,
             explore=self.config.style_exploration,
         )
-        pull = items.style_vector(pulls, absent=-np.inf)[items.style_idx[rows]]
-        best = pull.argmax(axis=1).tolist()
-        styled = np.isfinite(pull.max(axis=1)).tolist()
+        chosen, untagged = self._styled_artworks.choose(item_ids, rows, pulls)
         artworks_of = items.artworks.get
-        chosen: list[str | None] = []
-        untagged: list[int] = []
-        for index, item_id in enumerate(item_ids):
-            artworks = artworks_of(item_id, ())
-            if styled[index]:
-                chosen.append(artworks[best[index]])
-            else:
-                chosen.append(None)
-                if artworks:
-                    untagged.append(index)
         if untagged:
             fallback = self.bandit.choose_many(
                 [(item_ids[k], artworks_of(item_ids[k], ())) for k in untagged],

@@ -12,11 +12,21 @@ are exact doubles and IEEE division rounds correctly, so ``n / 1e6`` is the doub
 that decimal, which is what ``round`` returns. Anything else (a product within 1e-7 of a
 half, zeros, whose sign ``round`` keeps, values outside ``(0, 1]``, NaN) goes to ``round``
 itself.
+
+`round6_many` rounds a page's scores in one compiled loop with the same operations
+(``np.rint`` is the round-half-even of Python's ``round(float)``, and ``n / 1e6`` is the
+same division whether ``n`` is an int or the equal float), so each result is ``round6``'s.
 """
 
 from __future__ import annotations
 
-__all__ = ["round6"]
+from collections.abc import Sequence
+
+import numpy as np
+
+from processors.compiled import kernel
+
+__all__ = ["round6", "round6_many"]
 
 #: Farther than this from a half, the computed product rounds as the exact one does.
 _MARGIN = 0.4999999
@@ -30,3 +40,35 @@ def round6(x: float) -> float:
         if -_MARGIN < scaled - nearest < _MARGIN:
             return nearest / 1e6
     return round(x, 6)
+
+
+def round6_many(values: Sequence[float]) -> list[float]:
+    """``[round(x, 6) for x in values]``, bit for bit, in one kernel call: a page's ~60
+    scores cost ~2 µs instead of ~0.2 µs each. The few the shortcut cannot take (see the
+    module docstring) go to ``round`` one by one."""
+    array = np.array(values, dtype=np.float64)
+    out = np.empty_like(array)
+    misses = _round6_shortcut(array, out)
+    rounded: list[float] = out.tolist()
+    if misses:
+        for index, x in enumerate(values):
+            if rounded[index] != rounded[index]:  # NaN: the shortcut did not apply
+                rounded[index] = round(x, 6)
+    return rounded
+
+
+@kernel
+def _round6_shortcut(values: np.ndarray, out: np.ndarray) -> int:  # pragma: no cover - numba
+    """`round6`'s shortcut for each value; NaN where it does not apply. Returns how many."""
+    misses = 0
+    for index in range(values.shape[0]):
+        x = values[index]
+        if 0.0 < x <= 1.0:
+            scaled = x * 1e6
+            nearest = np.rint(scaled)
+            if -_MARGIN < scaled - nearest < _MARGIN:
+                out[index] = nearest / 1e6
+                continue
+        out[index] = np.nan
+        misses += 1
+    return misses

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import pickle
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -252,3 +257,71 @@ def test_style_draws_are_numpys_vectorized_gamma() -> None:
             priors=dict(zip(ordered, drawn, strict=True)),
         )
         assert pulls == expected
+
+
+def _reference_state(seed: int, draw_key: str, item_id: str) -> dict[str, object]:
+    """The PCG64 state the reseed gave before it was sped up: the hash taken whole and the
+    state set through numpy's ``state`` dict."""
+    seed_bytes = str(seed).encode()
+    key = draw_key.encode()
+    raw = hashlib.blake2b(
+        len(seed_bytes).to_bytes(4, "little")
+        + seed_bytes
+        + len(key).to_bytes(4, "little")
+        + key
+        + item_id.encode(),
+        digest_size=32,
+        person=b"insession-artwrk",
+    ).digest()
+    return {
+        "bit_generator": "PCG64",
+        "state": {
+            "state": int.from_bytes(raw[:16], "little"),
+            "inc": (int.from_bytes(raw[16:], "little") << 1 | 1) & ((1 << 128) - 1),
+        },
+        "has_uint32": 0,
+        "uinteger": 0,
+    }
+
+
+@pytest.mark.parametrize("writer", [True, False])
+def test_reseed_reaches_the_reference_state_and_draws(writer: bool) -> None:
+    """Writing the generator's words (and the dict fallback, for layouts the probe does not
+    recognise) give the state and the draws of the reference reseed, bit for bit, whatever
+    the generator did before (a buffered 32-bit half-draw included)."""
+    bandit = ArtworkBandit(seed=42)
+    if writer:
+        assert bandit._seeder._writer is not None, "this platform's PCG64 layout is the known one"
+    else:
+        bandit._seeder._writer = None
+    reference = np.random.Generator(np.random.PCG64(0))
+    for index in range(300):
+        draw_key, item_id = f"rec-{index:016x}" * (index % 3), ("", "\x00styles", "é")[index % 3]
+        bandit._generator.integers(0, 2**32, dtype=np.uint32)  # leaves a half-draw buffered
+        bandit._reseed(draw_key, item_id)
+        expected = _reference_state(42, draw_key, item_id)
+        assert bandit._bit_generator.state == expected
+        reference.bit_generator.state = expected
+        shapes = np.array([0.5, 1.0, 3.0, 40.0])
+        assert (
+            bandit._generator.standard_gamma(shapes).tolist()
+            == reference.standard_gamma(shapes).tolist()
+        )
+        assert bandit._generator.integers(0, 2**32, size=3, dtype=np.uint32).tolist() == (
+            reference.integers(0, 2**32, size=3, dtype=np.uint32).tolist()
+        )
+
+
+@pytest.mark.parametrize("clone", [copy.deepcopy, lambda b: pickle.loads(pickle.dumps(b))])
+def test_a_copied_bandit_reseeds_its_own_generator(clone: Callable[[Any], Any]) -> None:
+    """The state writer points into one generator's memory: a copy gets a writer of its own
+    copied generator, and reseeding either leaves the other alone."""
+    bandit = ArtworkBandit(seed=3)
+    bandit._reseed("before", "")
+    copied = clone(bandit)
+    assert copied._seeder._writer.bit_generator is copied._bit_generator
+    copied._reseed("page-1", "")
+    assert bandit._bit_generator.state == _reference_state(3, "before", "")
+    assert copied._bit_generator.state == _reference_state(3, "page-1", "")
+    bandit._reseed("page-2", "")
+    assert copied._bit_generator.state == _reference_state(3, "page-1", "")
