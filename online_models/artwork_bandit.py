@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import heapq
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -26,8 +24,6 @@ _NO_EVIDENCE = (0.0, 0.0)
 _EMPTY_STYLES: Mapping[str, Sequence[float]] = MappingProxyType({})
 _MASK_128 = (1 << 128) - 1
 _HASH_PERSON = b"insession-artwrk"
-#: ``has_uint32`` and ``uinteger`` of a PCG64 with no 32-bit half-draw kept.
-_NOTHING_BUFFERED = bytes(8)
 # Evicting a tenth of a full artwork table at once makes the O(n) scan for the least-observed
 # entries rare instead of once per new artwork.
 _ARTWORK_EVICTION_FRACTION = 10
@@ -124,7 +120,7 @@ class ArtworkBandit:
         seed_bytes = str(self.seed).encode()
         self._seed_prefix = len(seed_bytes).to_bytes(4, "little") + seed_bytes
         # One generator, reseeded per draw: building a Generator costs ~27 µs (SeedSequence),
-        # setting a PCG64 state through its dict ~2 µs, writing its words ~0.3 µs.
+        # setting a PCG64 state through its dict ~2 µs.
         self._bit_generator = np.random.PCG64(0)
         self._generator = np.random.Generator(self._bit_generator)
         self._seeder = _Seeder(self._seed_prefix, self._bit_generator)
@@ -630,22 +626,22 @@ class _Seeder:
     """Points a PCG64 at the stream of ``(seed, draw_key, item_id)``: the state is a BLAKE2b
     hash of them, so the same key replays the same draws in every process.
 
-    Holds what makes a reseed cheap (~1.5 µs instead of ~5): the hash state after the seed
-    prefix, copied per draw instead of hashing the prefix and parsing the personalization
-    again, and a `_PCG64StateWriter` when the generator's layout allows one.
+    Holds the hash state after the seed prefix, copied per draw instead of hashing the prefix
+    and parsing the personalization again. (Writing the generator's C struct through its
+    ``ctypes`` interface would save ~1.5 µs more a page; numpy documents that interface for
+    reading, so the state goes through the ``state`` setter.)
     """
 
-    __slots__ = ("_bit_generator", "_prefix", "_seed_hash", "_writer")
+    __slots__ = ("_bit_generator", "_prefix", "_seed_hash")
 
     def __init__(self, seed_prefix: bytes, bit_generator: np.random.PCG64) -> None:
         self._prefix = seed_prefix
         self._bit_generator = bit_generator
         self._seed_hash = hashlib.blake2b(seed_prefix, digest_size=32, person=_HASH_PERSON)
-        self._writer = _PCG64StateWriter.for_generator(bit_generator)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Hash objects cannot be copied by pickle or deepcopy, and a copy's writer must write
-        # into its own (copied) generator: rebuild from the prefix and the generator.
+        # Hash objects cannot be copied by pickle or deepcopy: rebuild from the prefix and the
+        # (copied) generator.
         return (_Seeder, (self._prefix, self._bit_generator))
 
     def reseed(self, draw_key: str, item_id: str) -> None:
@@ -657,64 +653,7 @@ class _Seeder:
         raw = hasher.digest()
         # A PCG64 state is a 128-bit position and an odd 128-bit increment (its stream).
         inc = (int.from_bytes(raw[16:], "little") << 1 | 1) & _MASK_128
-        if self._writer is not None:
-            self._writer.write(raw[:16], inc.to_bytes(16, "little"))
-        else:
-            self._bit_generator.state = _pcg64_state(int.from_bytes(raw[:16], "little"), inc)
-
-
-class _PCG64StateWriter:
-    """Sets a `numpy.random.PCG64`'s state by writing its C struct through its ``ctypes``
-    interface: what the ``state`` setter does (``pcg64_set_state``), without building and
-    parsing a dict of Python ints (~2 µs of the ~5 µs a reseed cost).
-
-    The struct behind ``ctypes.state_address`` is ``{pcg64_random_t *pcg_state; int
-    has_uint32; uint32_t uinteger}`` and ``pcg_state`` points at ``{state, inc}``, two 128-bit
-    integers in native order when the compiler has them (numpy emulates them otherwise, in
-    another layout). `for_generator` writes a known state and reads it back through the
-    ``state`` getter, so a layout it does not recognise gets no writer (the dict path is
-    used) rather than wrong draws.
-    """
-
-    __slots__ = ("_buffered", "_words", "bit_generator")
-
-    def __init__(self, bit_generator: np.random.PCG64) -> None:
-        interface = bit_generator.ctypes
-        words_at = ctypes.c_void_p.from_address(interface.state_address).value
-        self.bit_generator = bit_generator  # keeps the memory written to alive
-        self._words = (ctypes.c_char * 32).from_address(words_at)
-        self._buffered = (ctypes.c_char * 8).from_address(interface.state_address + 8)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A copy must write into its own (copied) generator, never into the original's memory
-        # (ctypes would copy the 32 bytes into a buffer of their own, which nothing reads).
-        return (_PCG64StateWriter, (self.bit_generator,))
-
-    @classmethod
-    def for_generator(cls, bit_generator: np.random.PCG64) -> _PCG64StateWriter | None:
-        """A writer for this generator, or None if its memory layout is not the expected one."""
-        if sys.byteorder != "little":
-            return None
-        try:
-            writer = cls(bit_generator)
-        except (AttributeError, TypeError, ValueError):
-            return None
-        saved = bit_generator.state
-        probe_state = (0x0123456789ABCDEF << 64) | 0xFEDCBA9876543210
-        probe_inc = (0x1F2E3D4C5B6A7988 << 64) | 0x8796A5B4C3D2E1F1
-        bit_generator.state = {**saved, "has_uint32": 1, "uinteger": 7}
-        writer.write(probe_state.to_bytes(16, "little"), probe_inc.to_bytes(16, "little"))
-        written = bit_generator.state
-        bit_generator.state = saved
-        if written != _pcg64_state(probe_state, probe_inc):
-            return None
-        return writer
-
-    def write(self, state: bytes, inc: bytes) -> None:
-        """Set the position and increment (16 little-endian bytes each) and clear the
-        buffered 32-bit half-draw, as ``pcg64_set_state`` does."""
-        self._words.raw = state + inc
-        self._buffered.raw = _NOTHING_BUFFERED
+        self._bit_generator.state = _pcg64_state(int.from_bytes(raw[:16], "little"), inc)
 
 
 def _entry_shows(entry: tuple[str, list[int]]) -> int:
