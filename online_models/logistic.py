@@ -388,17 +388,15 @@ class OnlineLogistic:
             if len(values) != len(names):
                 raise ValueError(f"{label} has {len(values)} entries for {len(names)} features")
 
-        core = model._core
-        for index, (count, mean, var) in enumerate(zip(counts, means, variances, strict=True)):
-            # Unseen features stay at zero statistics, as in a model that never learned them.
-            if count:
-                core.counts[index] = count
-                core.means[index] = mean
-                core.variances[index] = var
-        if n_learned:
-            core.weights = weights
-        core.intercept = intercept
-        core.steps = optimizer_steps
+        # Unseen features stay at zero statistics, as in a model that never learned them.
+        model._core.restore(
+            counts,
+            [mean if count else 0.0 for count, mean in zip(counts, means, strict=True)],
+            [var if count else 0.0 for count, var in zip(counts, variances, strict=True)],
+            weights if n_learned else None,
+            intercept=intercept,
+            steps=optimizer_steps,
+        )
         model.n_learned = n_learned
         return model
 

@@ -22,12 +22,22 @@ engine traffic):
 
 Only what the engine uses is mirrored: constant learning rates, no L1, unit sample weights,
 every row carrying every feature.
+
+The loops are compiled (`processors.compiled.kernel`): float arithmetic in numba is IEEE
+double arithmetic as in Python, and ``var ** 0.5`` is the C library's ``pow`` as Python's
+is, not the ``sqrt`` LLVM turns a constant exponent of 0.5 into (the two differ for about
+one variance in a thousand): the exponent is passed in, so it is not a constant. A learn
+went from ~10 µs (over lists) to ~1-2 µs; the tests above still compare with River.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import numpy as np
+
+from processors.compiled import kernel
 
 __all__ = ["ScaledSGDLogistic"]
 
@@ -36,27 +46,32 @@ _CLIP_GRADIENT = 1e12
 #: Past |z| > 18 River's log-loss gradient takes its asymptotic forms.
 _ASYMPTOTE = 18.0
 _SIGMOID_CLAMP = 30.0
+#: The exponent of River's ``var ** 0.5``, passed to the kernels as a value (see above).
+_HALF = 0.5
 
 
 class ScaledSGDLogistic:
     """Running standardisation and an SGD logistic regression over ``n_features`` columns.
 
-    State is public plain lists (one entry per feature, in column order) so the owner can
-    snapshot it and build scoring arrays from it. ``weights`` is ``None`` until the first
+    State is per-feature float64 arrays (counts as int64), one entry per feature in column
+    order, read by the owner to snapshot it and to build scoring arrays; `counts`, `means`,
+    `variances` and `weights` give them as lists. ``weights`` is ``None`` until the first
     learn, like River's empty weight dict (a fresh model's logit is its intercept).
     """
 
     __slots__ = (
-        "counts",
+        "_counts",
+        "_learned",
+        "_means",
+        "_scaled",
+        "_variances",
+        "_weights",
         "intercept",
         "intercept_lr",
         "l2",
         "lr",
-        "means",
         "n_features",
         "steps",
-        "variances",
-        "weights",
     )
 
     def __init__(
@@ -67,12 +82,53 @@ class ScaledSGDLogistic:
         self.l2 = l2
         self.intercept_lr = intercept_lr
         self.intercept = intercept
-        self.counts = [0] * n_features
-        self.means = [0.0] * n_features
-        self.variances = [0.0] * n_features
-        self.weights: list[float] | None = None
+        self._counts = np.zeros(n_features, dtype=np.int64)
+        self._means = np.zeros(n_features)
+        self._variances = np.zeros(n_features)
+        self._weights = np.zeros(n_features)
+        self._scaled = np.zeros(n_features)  # scratch of a learn step
+        self._learned = False
         #: SGD steps taken (River's ``optimizer.n_iterations``).
         self.steps = 0
+
+    @property
+    def counts(self) -> list[int]:
+        """Rows seen per feature (River's scaler ``counts``)."""
+        return self._counts.tolist()  # type: ignore[no-any-return]
+
+    @property
+    def means(self) -> list[float]:
+        """Running mean per feature."""
+        return self._means.tolist()  # type: ignore[no-any-return]
+
+    @property
+    def variances(self) -> list[float]:
+        """Running (population) variance per feature."""
+        return self._variances.tolist()  # type: ignore[no-any-return]
+
+    @property
+    def weights(self) -> list[float] | None:
+        """The weights, or None before the first learn."""
+        return self._weights.tolist() if self._learned else None
+
+    def restore(
+        self,
+        counts: Sequence[int],
+        means: Sequence[float],
+        variances: Sequence[float],
+        weights: Sequence[float] | None,
+        *,
+        intercept: float,
+        steps: int,
+    ) -> None:
+        """Set the whole state (a snapshot being read back)."""
+        self._counts[:] = counts
+        self._means[:] = means
+        self._variances[:] = variances
+        self._learned = weights is not None
+        self._weights[:] = weights if weights is not None else 0.0
+        self.intercept = intercept
+        self.steps = steps
 
     def scaled(self, x: Sequence[float]) -> list[float]:
         """The row standardised by the current statistics (River's ``transform_one``)."""
@@ -83,13 +139,9 @@ class ScaledSGDLogistic:
 
     def logit(self, x: Sequence[float]) -> float:
         """``w · scaled(x) + intercept``, summed in feature order as River does."""
-        weights = self.weights
-        if weights is None:
+        if not self._learned:
             return 0.0 + self.intercept
-        total = 0.0
-        for xi, mean, var, weight in zip(x, self.means, self.variances, weights, strict=True):
-            total += weight * ((xi - mean) / var**0.5 if var else 0.0)
-        return total + self.intercept
+        return _logit(_row(x), self._means, self._variances, self._weights, self.intercept, _HALF)
 
     def predict_proba(self, x: Sequence[float]) -> float:
         """Probability of a positive label (River's clamped sigmoid of `logit`)."""
@@ -110,40 +162,29 @@ class ScaledSGDLogistic:
         return self._step(x, y, score_first=True)
 
     def _step(self, x: Sequence[float], y: bool, *, score_first: bool) -> float:
-        counts, means, variances = self.counts, self.means, self.variances
-        weights = self.weights
-        if weights is None:
-            weights = self.weights = [0.0] * self.n_features
-        scaled = [0.0] * self.n_features
-        total = 0.0  # the logit's dot product, accumulated in feature order as it goes
-        before = 0.0  # the same before this row's update (only with score_first)
-        for i, xi in enumerate(x):
-            count = counts[i] + 1
-            counts[i] = count
-            old_mean = means[i]
-            old_var = variances[i]
-            if score_first and old_var:
-                before += weights[i] * ((xi - old_mean) / old_var**0.5)
-            mean = old_mean + (xi - old_mean) / count
-            means[i] = mean
-            var = old_var + ((xi - old_mean) * (xi - mean) - old_var) / count
-            variances[i] = var
-            value = (xi - mean) / var**0.5 if var else 0.0
-            scaled[i] = value
-            total += weights[i] * value
-        proba = _sigmoid(before + self.intercept) if score_first else 0.0
-        gradient = _log_loss_gradient(bool(y), total + self.intercept)
-        self.intercept -= self.intercept_lr * gradient
-        lr, l2 = self.lr, self.l2
-        if l2:
-            for i, value in enumerate(scaled):
-                weight = weights[i]
-                weights[i] = weight - lr * (value * gradient + l2 * weight)
-        else:
-            for i, value in enumerate(scaled):
-                weights[i] -= lr * (value * gradient)
+        proba, self.intercept = _learn_step(
+            _row(x),
+            bool(y),
+            self._counts,
+            self._means,
+            self._variances,
+            self._weights,
+            self._scaled,
+            self.intercept,
+            self.intercept_lr,
+            self.lr,
+            self.l2,
+            score_first,
+            _HALF,
+        )
+        self._learned = True
         self.steps += 1
         return proba
+
+
+def _row(x: Sequence[float]) -> np.ndarray:
+    """A row as the float64 array the kernels take (no copy when it already is one)."""
+    return np.asarray(x, dtype=np.float64)
 
 
 def _sigmoid(z: float) -> float:
@@ -155,14 +196,83 @@ def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def _log_loss_gradient(y: bool, logit: float) -> float:
-    """River's ``optim.losses.Log().gradient`` for a unit weight, then its gradient clamp."""
-    sign = 1 if y else -1
-    z = logit * sign
+@kernel
+def _logit(
+    x: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
+    weights: np.ndarray,
+    intercept: float,
+    half: float,
+) -> float:  # pragma: no cover - compiled (tests compare it with River)
+    """``w · scaled(x) + intercept`` in feature order (zero-variance features scale to 0)."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        var = variances[i]
+        total += weights[i] * ((x[i] - means[i]) / var**half if var else 0.0)
+    return total + intercept
+
+
+@kernel
+def _learn_step(
+    x: np.ndarray,
+    y: bool,
+    counts: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
+    weights: np.ndarray,
+    scaled: np.ndarray,
+    intercept: float,
+    intercept_lr: float,
+    lr: float,
+    l2: float,
+    score_first: bool,
+    half: float,
+) -> tuple[float, float]:  # pragma: no cover - compiled (tests compare it with River)
+    """One SGD step in place; returns (the probability before it if ``score_first``, else
+    0.0; the new intercept)."""
+    total = 0.0  # the logit's dot product, accumulated in feature order as it goes
+    before = 0.0  # the same before this row's update (only with score_first)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        count = counts[i] + 1
+        counts[i] = count
+        old_mean = means[i]
+        old_var = variances[i]
+        if score_first and old_var:
+            before += weights[i] * ((xi - old_mean) / old_var**half)
+        mean = old_mean + (xi - old_mean) / count
+        means[i] = mean
+        var = old_var + ((xi - old_mean) * (xi - mean) - old_var) / count
+        variances[i] = var
+        value = (xi - mean) / var**half if var else 0.0
+        scaled[i] = value
+        total += weights[i] * value
+    proba = 0.0
+    if score_first:
+        z = before + intercept
+        if z < -_SIGMOID_CLAMP:
+            proba = 0.0
+        elif z > _SIGMOID_CLAMP:
+            proba = 1.0
+        else:
+            proba = 1.0 / (1.0 + math.exp(-z))
+    # River's optim.losses.Log().gradient for a unit weight, then its gradient clamp.
+    sign = 1.0 if y else -1.0
+    z = (total + intercept) * sign
     if z > _ASYMPTOTE:
         gradient = math.exp(-z) * -sign
     elif z < -_ASYMPTOTE:
         gradient = 1.0 * -sign
     else:
         gradient = 1.0 * -sign / (math.exp(z) + 1.0)
-    return float(max(min(gradient, _CLIP_GRADIENT), -_CLIP_GRADIENT))
+    gradient = max(min(gradient, _CLIP_GRADIENT), -_CLIP_GRADIENT)
+    intercept -= intercept_lr * gradient
+    if l2:
+        for i in range(x.shape[0]):
+            weight = weights[i]
+            weights[i] = weight - lr * (scaled[i] * gradient + l2 * weight)
+    else:
+        for i in range(x.shape[0]):
+            weights[i] -= lr * (scaled[i] * gradient)
+    return proba, intercept
