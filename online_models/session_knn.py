@@ -346,13 +346,19 @@ def _idf_boost(
 
 @kernel
 def _best(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The items scoring at least the ``n``-th best score, and positive: the ``n`` best and
-    those tied with the last of them, left for the caller to break ties by item id."""
+    """The items scoring at least the ``n``-th best score, and positive (the ``n`` best and
+    those tied with the last of them), and their negated scores, best first.
+
+    Ties are left in any order for the caller to break by item id string: sorting
+    ``(negated score, item id)`` pairs that are already in score order is a single pass.
+    """
     threshold = _TINY
     if len(scores) > n:
         threshold = max(np.partition(scores, len(scores) - n)[len(scores) - n], _TINY)
-    best = scores >= threshold
-    return items[best], scores[best]
+    best = np.flatnonzero(scores >= threshold)
+    negated = -scores[best]
+    order = np.argsort(negated)
+    return items[best][order], negated[order]
 
 
 class SessionKNN:
@@ -810,7 +816,7 @@ class SessionKNN:
         excluded = -1
         if exclude_session is not None:
             excluded = self._slot_of.get(exclude_session, -1)
-        items, scores = _query(
+        items, negated = _query(
             holders,
             sizes,
             weights,
@@ -836,7 +842,7 @@ class SessionKNN:
             1.0 + self.idf_weighting * math.log(len(self._ts_of)),
             n,
         )
-        return self._top(items, scores, n)
+        return self._top(items, negated, n)
 
     def _query_items(
         self, last_position: dict[int, int], length: int, distinct: int
@@ -865,11 +871,12 @@ class SessionKNN:
         slots = holders[0] if len(holders) == 1 else np.concatenate(holders)
         return slots, sizes, np.array(weights).reshape(-1, 2)
 
-    def _top(self, items: np.ndarray, scores: np.ndarray, n: int) -> list[tuple[str, float]]:
-        """Best ``n`` of the items `_best` kept, ties to the smaller item id string."""
+    def _top(self, items: np.ndarray, negated: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """Best ``n`` of the items `_best` kept (with their negated scores, best first), ties to
+        the smaller item id string."""
         key_of = self._item_key_of
         ranked = sorted(
-            zip((-scores).tolist(), map(key_of.__getitem__, items.tolist()), strict=True)
+            zip(negated.tolist(), map(key_of.__getitem__, items.tolist()), strict=True)
         )[:n]
         if not ranked:
             return []
