@@ -735,7 +735,13 @@ def _loop_recommend(
         {"k": 3, "sample_size": 6, "weighting_score": "quadratic", "neighbour_item_decay": 2.0},
         {"k": 4, "sample_size": 0, "idf_weighting": 0.0, "remind": False},
         {"k": 50, "sample_size": 5, "weighting": "linear", "weighting_score": "linear"},
-        {"k": 2, "sample_size": 3, "weighting": "log", "weighting_score": "log", "normalize": 0},
+        {
+            "k": 2,
+            "sample_size": 3,
+            "weighting": "log",
+            "weighting_score": "log",
+            "normalize": False,
+        },
         {"k": 500, "weighting": "same", "weighting_score": "div", "neighbour_item_decay": 4.0},
     ],
 )
