@@ -209,6 +209,10 @@ def _candidates(
     first (as session-rec), not divided by the number of distinct query items. The
     contribution is the similarity times the step weight of the most recent shared item.
     """
+    if len(sizes) == 1:  # the usual one-item query: no sums, no scratch to touch
+        candidates = holders[holders != excluded]
+        similar = np.full(len(candidates), weights[0, 0])
+        return candidates, similar, similar * weights[0, 1]
     candidates = np.empty(len(holders), dtype=np.int64)
     count = 0
     at = 0
