@@ -552,7 +552,11 @@ class SessionKNN:
         self._flat_used = 0  # entries written, dead ones included
         self._flat_live = 0  # sum of _n_items
         self._dirty: set[int] = set()
-        self._holders: dict[int, np.ndarray] = {}  # item -> its slots, cached until it changes
+        # Item -> its slots: the first ``_holders_n[item]`` entries of ``_holders[item]``, built
+        # from ``_sessions_of`` when a query needs them, appended to as sessions take up the
+        # item (with spare room, as a list grows) and dropped when a session lets it go.
+        self._holders: dict[int, np.ndarray] = {}
+        self._holders_n: dict[int, int] = {}
         # By item: log of the kept clicks (idf).
         self._log_clicks = np.zeros(0, dtype=np.float64)
         # Scratch buffers, all zero (``_first``: _NO_PART) between queries.
@@ -656,7 +660,9 @@ class SessionKNN:
         clicks.append(iid)
         if iid not in items:
             self._sessions_of[iid].add(slot)
-            self._holders.pop(iid, None)
+            holders = self._holders.get(iid)
+            if holders is not None:
+                self._add_holder(iid, holders, slot)
         items[iid] = click_no
         self._dirty.add(slot)
         count = self._clicks_count[iid] + 1
@@ -674,7 +680,8 @@ class SessionKNN:
         if items[iid] == click_no:  # it was the item's last click in the session
             del items[iid]
             self._sessions_of[iid].discard(slot)
-            self._holders.pop(iid, None)
+            if self._holders.pop(iid, None) is not None:
+                del self._holders_n[iid]
             self._dirty.add(slot)
         count = self._clicks_count[iid] - 1
         if count:
@@ -766,12 +773,23 @@ class SessionKNN:
         self._flat = flat
         self._flat_used = live
 
+    def _add_holder(self, iid: int, holders: np.ndarray, slot: int) -> None:
+        """Append ``slot`` to the built holders of ``iid``: one store instead of rebuilding
+        them from the set at the next query (sessions take up popular items all the time)."""
+        count = self._holders_n[iid]
+        if count == len(holders):
+            holders = self._holders[iid] = _grown(holders, 2 * count + 8, 0)
+        holders[count] = slot
+        self._holders_n[iid] = count + 1
+
     def _holders_of(self, iid: int) -> np.ndarray:
         holders = self._holders.get(iid)
         if holders is None:
             slots = self._sessions_of[iid]
+            self._holders_n[iid] = len(slots)
             holders = self._holders[iid] = np.fromiter(slots, np.int64, len(slots))
-        return holders
+            return holders
+        return holders[: self._holders_n[iid]]
 
     # ------------------------------------------------------------------ scoring
 

@@ -65,8 +65,9 @@ def _assert_arrays_consistent(knn: SessionKNN) -> None:
     assert free == set(knn._free_slots)
     assert not knn._n_items[sorted(free)].any()
     assert knn._flat_live == int(knn._n_items.sum()) <= knn._flat_used <= len(knn._flat)
+    assert knn._holders.keys() == knn._holders_n.keys()
     for iid, holders in knn._holders.items():
-        assert sorted(holders.tolist()) == sorted(knn._sessions_of[iid])
+        assert sorted(holders[: knn._holders_n[iid]].tolist()) == sorted(knn._sessions_of[iid])
     for iid, count in knn._clicks_count.items():
         assert knn._log_clicks[iid] == math.log(count)
     assert not knn._similarity.any() and not knn._score.any() and not knn._in_query.any()
