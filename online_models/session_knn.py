@@ -47,8 +47,8 @@ def _segments(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.nda
     """Indices of the concatenated ranges ``[start, start + size)`` (sizes >= 1), where each
     range begins in the result, and which range each result entry belongs to.
 
-    (Methods rather than numpy functions here and on the query path: at a few hundred entries
-    the call overhead is most of an operation's cost.)
+    (Methods rather than numpy functions: at a few hundred entries the call overhead is most of
+    an operation's cost.)
     """
     ends = sizes.cumsum()
     begins = ends - sizes
@@ -431,17 +431,19 @@ class SessionKNN:
     to zero and stay there (session-rec's position weighting zeroes every click after the
     tenth, its score weighting turns negative after ten steps).
 
-    Queries are vectorized with numpy: the index keeps, beside its dictionaries, the sessions
-    holding each item as an array, every session's distinct items and click numbers in one flat
-    array (a changed session is re-appended lazily, dead entries are dropped when the array is
-    reallocated) and scratch accumulators, so a query is a fixed number of array operations
-    instead of a Python loop over every neighbour's items (through the engine on
-    YOOCHOOSE-100k, about 3x faster at the median and 6x at the 90th percentile). Similarities
-    and item scores are summed in the order of the plain loop (query items most recent first;
-    neighbours in creation order), so scores are bit-identical to it. This is hand-written
-    rather than a ``scipy.sparse`` product: the index changes with every event, which sparse
-    matrices would rebuild each time, and a sparse product does not fix the summation order the
-    bit-identical results rely on.
+    A query is one compiled call (`_query`, numba): the index keeps, beside its dictionaries,
+    the sessions holding each item as an array (appended to as sessions take the item up), every
+    session's distinct items and click numbers in one flat array (a changed session is
+    re-appended lazily, dead entries are dropped when the array is reallocated), per-slot times
+    and serials, and scratch accumulators; the kernel loops over them, and Python only maps the
+    query to item ids before and the few selected items to their id strings after. (It was a
+    chain of ~30 small numpy calls, each costing more in dispatch than in arithmetic: through
+    the engine-alone loop a query went from ~157 to ~60 µs of CPU.) Similarities and item scores
+    are summed in the order of the plain loop (query items most recent first; neighbours in
+    creation order) with the same IEEE operations, so scores are bit-identical to it (a unit
+    test holds the kernel to such a loop). This is hand-written rather than a ``scipy.sparse``
+    product: the index changes with every event, which sparse matrices would rebuild each time,
+    and a sparse product does not fix the summation order the bit-identical results rely on.
 
     Examples
     --------
@@ -536,8 +538,8 @@ class SessionKNN:
         self._sessions_of: dict[int, set[int]] = {}  # inverted index: item -> slots
         self._clicks_count: dict[int, int] = {}  # kept clicks per item, for the idf
 
-        # Query-side mirrors of the index as numpy arrays, so that a query is a fixed number
-        # of vector operations instead of a Python loop over every neighbour's items.
+        # Query-side mirrors of the index as numpy arrays, which the compiled query loops over
+        # instead of Python looping over every neighbour's items.
         # By slot: last event time, creation serial, and where the session's distinct items lie
         # in ``_flat`` (``_start``, ``_n_items``). ``_flat`` holds them packed as
         # ``click_no << 32 | item`` (so up to 2**31 clicks per session, 2**32 items held); a
