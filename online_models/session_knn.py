@@ -162,7 +162,7 @@ def _query(
     idf_base: float,
     n: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The items worth ranking for one query, with their final scores, in no particular order.
+    """The items worth ranking for one query (see `_best`) and their negated final scores.
 
     ``holders`` are the sessions holding each weighted query item (``sizes`` of them per item,
     items most recent first), ``weights`` each item's (position weight, step weight). The
