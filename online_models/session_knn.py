@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from processors.compiled import kernel
+
 __all__ = ["SessionKNN"]
 
 _STATE_VERSION = 1
@@ -30,6 +32,8 @@ _ITEM_MASK = np.int64(0xFFFFFFFF)
 _FEW_DIRTY = 4
 #: "No query item yet" in the per-slot scratch array of the first shared query item.
 _NO_PART = np.iinfo(np.int64).max
+#: The neighbour item decay table when there is none.
+_NO_DECAY = np.zeros(0, dtype=np.float64)
 #: 0, 1, 2, ... sliced rather than rebuilt for the common short ranges (read-only).
 _RANGE = np.arange(4096)
 
@@ -43,8 +47,8 @@ def _segments(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.nda
     """Indices of the concatenated ranges ``[start, start + size)`` (sizes >= 1), where each
     range begins in the result, and which range each result entry belongs to.
 
-    (Methods rather than numpy functions here and on the query path: at a few hundred entries
-    the call overhead is most of an operation's cost.)
+    (Methods rather than numpy functions: at a few hundred entries the call overhead is most of
+    an operation's cost.)
     """
     ends = sizes.cumsum()
     begins = ends - sizes
@@ -123,6 +127,244 @@ _STEP_WEIGHTS: dict[str, Callable[[int], float]] = {
 }
 
 
+# ---------------------------------------------------------------------- the compiled query
+#
+# A query touches a few hundred sessions and a few thousand (item, click) entries: at that size
+# each numpy call costs more in dispatch and allocation than in arithmetic, so the query is one
+# compiled call (`_query`) of plain loops. They do the IEEE operations of the plain Python
+# loops the class docstring describes, in the same order, so scores are bit-identical to them.
+
+
+@kernel
+def _query(
+    holders: np.ndarray,
+    sizes: np.ndarray,
+    weights: np.ndarray,
+    query_iids: np.ndarray,
+    excluded: int,
+    ts: np.ndarray,
+    serial: np.ndarray,
+    start: np.ndarray,
+    n_items: np.ndarray,
+    flat: np.ndarray,
+    decay: np.ndarray,
+    log_clicks: np.ndarray,
+    similarity: np.ndarray,
+    first: np.ndarray,
+    score: np.ndarray,
+    seen: np.ndarray,
+    in_query: np.ndarray,
+    k: int,
+    sample_size: int,
+    drop_zero_steps: bool,
+    remind: bool,
+    negative_idf_weighting: float,
+    idf_base: float,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The items worth ranking for one query (see `_best`) and their negated final scores.
+
+    ``holders`` are the sessions holding each weighted query item (``sizes`` of them per item,
+    items most recent first), ``weights`` each item's (position weight, step weight). The
+    scratch buffers (``similarity`` to ``in_query``) are zero (``first``: ``_NO_PART``) on
+    entry and left so.
+    """
+    candidates, similar, contribution = _candidates(
+        holders, sizes, weights, excluded, similarity, first
+    )
+    chosen = _neighbours(similar, ts[candidates], serial[candidates], k, sample_size)
+    neighbours, gains = candidates[chosen], contribution[chosen]
+    if drop_zero_steps:
+        keep = gains > 0.0
+        neighbours, gains = neighbours[keep], gains[keep]
+    for iid in query_iids:
+        in_query[iid] = True
+    items, scores = _item_scores(
+        neighbours, gains, start, n_items, flat, decay, in_query, score, seen
+    )
+    if not remind:
+        for at in range(len(items)):
+            if in_query[items[at]]:
+                scores[at] = 0.0
+    for iid in query_iids:
+        in_query[iid] = False
+    if negative_idf_weighting:
+        _idf_boost(items, scores, log_clicks, negative_idf_weighting, idf_base)
+    return _best(items, scores, n)
+
+
+@kernel
+def _candidates(
+    holders: np.ndarray,
+    sizes: np.ndarray,
+    weights: np.ndarray,
+    excluded: int,
+    similarity: np.ndarray,
+    first: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sessions sharing a weighted query item (but ``excluded``), their similarity and
+    contribution.
+
+    A similarity is the sum of the shared items' position weights, added most recent item
+    first (as session-rec), not divided by the number of distinct query items. The
+    contribution is the similarity times the step weight of the most recent shared item.
+    """
+    if len(sizes) == 1:  # the usual one-item query: no sums, no scratch to touch
+        candidates = holders[holders != excluded]
+        similar = np.full(len(candidates), weights[0, 0])
+        return candidates, similar, similar * weights[0, 1]
+    candidates = np.empty(len(holders), dtype=np.int64)
+    count = 0
+    at = 0
+    for part in range(len(sizes)):
+        weight = weights[part, 0]
+        for slot in holders[at : at + sizes[part]]:
+            if slot == excluded:
+                continue
+            if first[slot] == _NO_PART:
+                first[slot] = part
+                candidates[count] = slot
+                count += 1
+            similarity[slot] += weight
+        at += sizes[part]
+    candidates = candidates[:count]
+    similar = np.empty(count, dtype=np.float64)
+    contribution = np.empty(count, dtype=np.float64)
+    for at in range(count):
+        slot = candidates[at]
+        similar[at] = similarity[slot]
+        contribution[at] = weights[first[slot], 1] * similar[at]
+        similarity[slot] = 0.0
+        first[slot] = _NO_PART
+    return candidates, similar, contribution
+
+
+@kernel
+def _neighbours(
+    similarity: np.ndarray, ts: np.ndarray, serial: np.ndarray, k: int, sample_size: int
+) -> np.ndarray:
+    """Indices of the ``k`` most similar of the ``sample_size`` most recent candidates, in
+    creation order.
+
+    Ties in similarity go to the more recent session, then the later created one: stable
+    sorts by ``serial``, then ``ts``, then ``similarity`` (what ``np.lexsort`` does). The
+    creation order is a total order that survives snapshots, so scores are summed in the same
+    order whatever slots the sessions occupy.
+    """
+    count = len(serial)
+    by_serial = np.argsort(serial)  # serials are unique: any sort gives this order
+    if count <= k and (not sample_size or count <= sample_size):
+        return by_serial
+    ts, similarity = ts[by_serial], similarity[by_serial]
+    kept = np.arange(count)  # positions in creation order
+    if sample_size and count > sample_size:
+        kept = _last_in_order(kept[np.argsort(ts, kind="mergesort")], sample_size, count)
+    if len(kept) > k:
+        recent = kept[np.argsort(ts[kept], kind="mergesort")]
+        closest = recent[np.argsort(similarity[recent], kind="mergesort")]
+        kept = _last_in_order(closest, k, count)
+    return by_serial[kept]
+
+
+@kernel
+def _last_in_order(ranked: np.ndarray, keep: int, count: int) -> np.ndarray:
+    """The last ``keep`` of ``ranked`` (a permutation of ``range(count)``), in increasing order."""
+    mask = np.zeros(count, dtype=np.bool_)
+    mask[ranked[len(ranked) - keep :]] = True
+    return np.flatnonzero(mask)
+
+
+@kernel
+def _item_scores(
+    neighbours: np.ndarray,
+    gains: np.ndarray,
+    start: np.ndarray,
+    n_items: np.ndarray,
+    flat: np.ndarray,
+    decay: np.ndarray,
+    in_query: np.ndarray,
+    score: np.ndarray,
+    seen: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every item of the ``neighbours`` (in creation order) and the sum of their ``gains``.
+
+    With a neighbour item decay (``decay`` not empty), a neighbour's item counts
+    ``decay[d]`` times, ``d`` being its click number minus that of the neighbour's last click
+    on a query item (``in_query``); negative ``d`` index from the end, where the table holds
+    them.
+    """
+    total = 0
+    for slot in neighbours:
+        total += n_items[slot]
+    items = np.empty(total, dtype=np.int64)
+    count = 0
+    for at in range(len(neighbours)):
+        begin = start[neighbours[at]]
+        end = begin + n_items[neighbours[at]]
+        anchor = 0
+        if len(decay):
+            # Click numbers are >= 0 and every neighbour shares an item.
+            for packed in flat[begin:end]:
+                if in_query[packed & _ITEM_MASK] and packed >> 32 > anchor:
+                    anchor = packed >> 32
+        for packed in flat[begin:end]:
+            iid = packed & _ITEM_MASK
+            gain = gains[at]
+            if len(decay):
+                distance = (packed >> 32) - anchor
+                gain *= decay[distance if distance >= 0 else distance + len(decay)]
+            if not seen[iid]:
+                seen[iid] = True
+                items[count] = iid
+                count += 1
+            score[iid] += gain
+    items = items[:count]
+    scores = np.empty(count, dtype=np.float64)
+    for at in range(count):
+        iid = items[at]
+        scores[at] = score[iid]
+        score[iid] = 0.0
+        seen[iid] = False
+    return items, scores
+
+
+@kernel
+def _idf_boost(
+    items: np.ndarray,
+    scores: np.ndarray,
+    log_clicks: np.ndarray,
+    negative_weight: float,
+    base: float,
+) -> None:
+    """``scores *= max(1, base - weight * log(n_clicks))``, ``base`` being ``1 + weight *
+    log(n_sessions)``: ``1 + weight * max(0, log(n_sessions / n_clicks))`` with the log of
+    the clicks kept per item. session-rec counts clicks, not sessions, so an item clicked more
+    often than there are sessions would get a negative idf; the clamp leaves real data
+    unchanged. (``base + -weight * log`` is ``base - weight * log`` exactly: IEEE negation and
+    products commute.)
+    """
+    for at in range(len(items)):
+        boost = log_clicks[items[at]] * negative_weight + base
+        scores[at] *= max(boost, 1.0)
+
+
+@kernel
+def _best(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The items scoring at least the ``n``-th best score, and positive (the ``n`` best and
+    those tied with the last of them), and their negated scores, best first.
+
+    Ties are left in any order for the caller to break by item id string: sorting
+    ``(negated score, item id)`` pairs that are already in score order is a single pass.
+    """
+    threshold = _TINY
+    if len(scores) > n:
+        threshold = max(np.partition(scores, len(scores) - n)[len(scores) - n], _TINY)
+    best = np.flatnonzero(scores >= threshold)
+    negated = -scores[best]
+    order = np.argsort(negated)
+    return items[best][order], negated[order]
+
+
 class SessionKNN:
     """Recommend the next item of a session from the items of its most similar past sessions.
 
@@ -189,17 +431,19 @@ class SessionKNN:
     to zero and stay there (session-rec's position weighting zeroes every click after the
     tenth, its score weighting turns negative after ten steps).
 
-    Queries are vectorized with numpy: the index keeps, beside its dictionaries, the sessions
-    holding each item as an array, every session's distinct items and click numbers in one flat
-    array (a changed session is re-appended lazily, dead entries are dropped when the array is
-    reallocated) and scratch accumulators, so a query is a fixed number of array operations
-    instead of a Python loop over every neighbour's items (through the engine on
-    YOOCHOOSE-100k, about 3x faster at the median and 6x at the 90th percentile). Similarities
-    and item scores are summed in the order of the plain loop (query items most recent first;
-    neighbours in creation order), so scores are bit-identical to it. This is hand-written
-    rather than a ``scipy.sparse`` product: the index changes with every event, which sparse
-    matrices would rebuild each time, and a sparse product does not fix the summation order the
-    bit-identical results rely on.
+    A query is one compiled call (`_query`, numba): the index keeps, beside its dictionaries,
+    the sessions holding each item as an array (appended to as sessions take the item up), every
+    session's distinct items and click numbers in one flat array (a changed session is
+    re-appended lazily, dead entries are dropped when the array is reallocated), per-slot times
+    and serials, and scratch accumulators; the kernel loops over them, and Python only maps the
+    query to item ids before and the few selected items to their id strings after. (It was a
+    chain of ~30 small numpy calls, each costing more in dispatch than in arithmetic: through
+    the engine-alone loop a query went from ~157 to ~60 µs of CPU.) Similarities and item scores
+    are summed in the order of the plain loop (query items most recent first; neighbours in
+    creation order) with the same IEEE operations, so scores are bit-identical to it (a unit
+    test holds the kernel to such a loop). This is hand-written rather than a ``scipy.sparse``
+    product: the index changes with every event, which sparse matrices would rebuild each time,
+    and a sparse product does not fix the summation order the bit-identical results rely on.
 
     Examples
     --------
@@ -294,8 +538,8 @@ class SessionKNN:
         self._sessions_of: dict[int, set[int]] = {}  # inverted index: item -> slots
         self._clicks_count: dict[int, int] = {}  # kept clicks per item, for the idf
 
-        # Query-side mirrors of the index as numpy arrays, so that a query is a fixed number
-        # of vector operations instead of a Python loop over every neighbour's items.
+        # Query-side mirrors of the index as numpy arrays, which the compiled query loops over
+        # instead of Python looping over every neighbour's items.
         # By slot: last event time, creation serial, and where the session's distinct items lie
         # in ``_flat`` (``_start``, ``_n_items``). ``_flat`` holds them packed as
         # ``click_no << 32 | item`` (so up to 2**31 clicks per session, 2**32 items held); a
@@ -310,14 +554,18 @@ class SessionKNN:
         self._flat_used = 0  # entries written, dead ones included
         self._flat_live = 0  # sum of _n_items
         self._dirty: set[int] = set()
-        self._holders: dict[int, np.ndarray] = {}  # item -> its slots, cached until it changes
+        # Item -> its slots: the first ``_holders_n[item]`` entries of ``_holders[item]``, built
+        # from ``_sessions_of`` when a query needs them, appended to as sessions take up the
+        # item (with spare room, as a list grows) and dropped when a session lets it go.
+        self._holders: dict[int, np.ndarray] = {}
+        self._holders_n: dict[int, int] = {}
         # By item: log of the kept clicks (idf).
         self._log_clicks = np.zeros(0, dtype=np.float64)
         # Scratch buffers, all zero (``_first``: _NO_PART) between queries.
         self._similarity = np.zeros(0, dtype=np.float64)  # by slot
         self._first = np.zeros(0, dtype=np.int64)  # by slot: first query item shared
         self._score = np.zeros(0, dtype=np.float64)  # by item
-        self._stamp = np.zeros(0, dtype=np.int64)  # by item: an occurrence, for dedup
+        self._seen = np.zeros(0, dtype=np.bool_)  # by item: already scored in this query
         self._in_query = np.zeros(0, dtype=np.bool_)  # by item
 
     # ------------------------------------------------------------------ index updates
@@ -403,7 +651,7 @@ class SessionKNN:
         size = max(needed, 2 * len(self._log_clicks), 64)
         self._log_clicks = _grown(self._log_clicks, size, 0.0)
         self._score = _grown(self._score, size, 0.0)
-        self._stamp = _grown(self._stamp, size, 0)
+        self._seen = _grown(self._seen, size, False)
         self._in_query = _grown(self._in_query, size, False)
 
     def _append_click(self, slot: int, iid: int) -> None:
@@ -414,7 +662,9 @@ class SessionKNN:
         clicks.append(iid)
         if iid not in items:
             self._sessions_of[iid].add(slot)
-            self._holders.pop(iid, None)
+            holders = self._holders.get(iid)
+            if holders is not None:
+                self._add_holder(iid, holders, slot)
         items[iid] = click_no
         self._dirty.add(slot)
         count = self._clicks_count[iid] + 1
@@ -432,7 +682,8 @@ class SessionKNN:
         if items[iid] == click_no:  # it was the item's last click in the session
             del items[iid]
             self._sessions_of[iid].discard(slot)
-            self._holders.pop(iid, None)
+            if self._holders.pop(iid, None) is not None:
+                del self._holders_n[iid]
             self._dirty.add(slot)
         count = self._clicks_count[iid] - 1
         if count:
@@ -524,12 +775,23 @@ class SessionKNN:
         self._flat = flat
         self._flat_used = live
 
+    def _add_holder(self, iid: int, holders: np.ndarray, slot: int) -> None:
+        """Append ``slot`` to the built holders of ``iid``: one store instead of rebuilding
+        them from the set at the next query (sessions take up popular items all the time)."""
+        count = self._holders_n[iid]
+        if count == len(holders):
+            holders = self._holders[iid] = _grown(holders, 2 * count + 8, 0)
+        holders[count] = slot
+        self._holders_n[iid] = count + 1
+
     def _holders_of(self, iid: int) -> np.ndarray:
         holders = self._holders.get(iid)
         if holders is None:
             slots = self._sessions_of[iid]
+            self._holders_n[iid] = len(slots)
             holders = self._holders[iid] = np.fromiter(slots, np.int64, len(slots))
-        return holders
+            return holders
+        return holders[: self._holders_n[iid]]
 
     # ------------------------------------------------------------------ scoring
 
@@ -571,149 +833,74 @@ class SessionKNN:
             return []
         if self._dirty:
             self._refresh()
-        found = self._similarities(last_position, length, len(set(session_items)))
-        if found is None:
+        query = self._query_items(last_position, length, len(set(session_items)))
+        if query is None:
             return []
-        candidates, similarity, contribution = found
+        holders, sizes, weights = query
+        excluded = -1
         if exclude_session is not None:
-            excluded = self._slot_of.get(exclude_session)
-            if excluded is not None:
-                keep = candidates != excluded
-                candidates, similarity = candidates[keep], similarity[keep]
-                contribution = contribution[keep]
-        if not len(candidates):
-            return []
-        chosen = self._neighbours(candidates, similarity)
-        neighbours, contribution = candidates[chosen], contribution[chosen]
-        if self.weighting_score == "linear":  # the one step weight that reaches zero
-            keep = contribution > 0.0
-            neighbours, contribution = neighbours[keep], contribution[keep]
-            if not len(neighbours):
-                return []
+            excluded = self._slot_of.get(exclude_session, -1)
+        items, negated = _query(
+            holders,
+            sizes,
+            weights,
+            np.fromiter(last_position, np.int64, len(last_position)),
+            excluded,
+            self._ts,
+            self._serial,
+            self._start,
+            self._n_items,
+            self._flat,
+            self._neighbour_decay if self._neighbour_decay is not None else _NO_DECAY,
+            self._log_clicks,
+            self._similarity,
+            self._first,
+            self._score,
+            self._seen,
+            self._in_query,
+            self.k,
+            self.sample_size,
+            self.weighting_score == "linear",  # the one step weight that reaches zero
+            self.remind,
+            -self.idf_weighting,
+            1.0 + self.idf_weighting * math.log(len(self._ts_of)),
+            n,
+        )
+        return self._top(items, negated, n)
 
-        # Every neighbour's (item, click number) pairs, neighbours in creation order, so each
-        # item's sum is added up in the same order whatever slots and sets hold the sessions:
-        # scores are bit-identical across snapshots and to the dictionary loop this replaces.
-        where, starts, owner = _segments(self._start[neighbours], self._n_items[neighbours])
-        packed = self._flat[where]
-        iids = packed & _ITEM_MASK
-        gains = contribution[owner]
-        in_query = self._in_query
-        query_iids = list(last_position)
-        decay = self._neighbour_decay
-        if decay is not None:
-            # STAN's item neighbourhood: a neighbour's items count more the closer their last
-            # click lies to its last click on an item shared with the current session.
-            click_nos = packed >> 32
-            in_query[query_iids] = True
-            shared = in_query[iids]
-            in_query[query_iids] = False
-            # Click numbers are >= 0 and every neighbour shares an item: zeroing the others
-            # leaves the maximum over the shared ones.
-            anchors = np.maximum.reduceat(click_nos * shared, starts)
-            click_nos -= anchors[owner]
-            gains *= decay[click_nos]
-        # ufunc.at adds in index order: each item's sum follows the neighbours' order.
-        score = self._score
-        np.add.at(score, iids, gains)
-        stamp = self._stamp
-        occurrence = _arange(len(iids))
-        stamp[iids] = occurrence
-        items = iids[stamp[iids] == occurrence]  # each item once (any one of its occurrences)
-        scores = score[items]
-        score[items] = 0.0
-        if not self.remind:
-            in_query[query_iids] = True
-            scores[in_query[items]] = 0.0
-            in_query[query_iids] = False
-        if self.idf_weighting:
-            # score * (1 + w * max(0, log(n_sessions / n_clicks))), log(n_clicks) kept per item.
-            # session-rec counts clicks, not sessions, so an item clicked more often than there
-            # are sessions would get a negative idf; the clamp leaves real data unchanged.
-            # (base + (-w * log) is base - w * log exactly: IEEE negation and products commute.)
-            boost = self._log_clicks[items]
-            boost *= -self.idf_weighting
-            boost += 1.0 + self.idf_weighting * math.log(len(self._ts_of))
-            scores *= np.maximum(boost, 1.0, out=boost)
-        return self._top(items, scores, n)
-
-    def _similarities(
+    def _query_items(
         self, last_position: dict[int, int], length: int, distinct: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Slots of the sessions sharing a weighted item, their similarity and contribution.
+        """The sessions holding each weighted query item (concatenated, with their counts)
+        and, by item, its position weight and step weight, most recent item first.
 
-        A similarity is the sum of the shared items' position weights, added in the order of
-        ``last_position`` (most recent first), not yet divided by the number of ``distinct``
-        current items, which does not change their order. The contribution is that quotient
-        times the step weight of the most recent shared item, the first to bring the session in.
+        session-rec divides similarities by the number of ``distinct`` current items (unknown
+        ones included); a common factor, so it is applied to the step weight instead, which
+        leaves the neighbours' order unchanged.
         """
         position_weight = self._position_weight
         step_weight = self._step_weight
-        # session-rec divides similarities by the number of distinct current items (unknown
-        # ones included); a common factor, so it is applied to the step weight instead.
         per_distinct = 1.0 / distinct
         holders: list[np.ndarray] = []
         weights: list[float] = []
-        steps: list[float] = []
         for iid, position in last_position.items():
             weight = position_weight(position + 1, length)
             if weight > 0.0:
                 holders.append(self._holders_of(iid))
                 weights.append(weight)
-                steps.append(step_weight(length - position) * per_distinct)
+                weights.append(step_weight(length - position) * per_distinct)
         if not holders:
             return None
-        if len(holders) == 1:
-            candidates = holders[0]
-            similarity = np.empty(len(candidates))  # np.full, without its Python wrapper
-            similarity.fill(weights[0])
-            return candidates, similarity, similarity * steps[0]
-        sizes = [len(slots) for slots in holders]
-        slots = np.concatenate(holders)
-        part = _arange(len(holders)).repeat(sizes)
-        totals, first = self._similarity, self._first
-        np.add.at(totals, slots, np.array(weights)[part])  # in query order, as session-rec
-        np.minimum.at(first, slots, part)
-        candidates = slots[first[slots] == part]  # each session once
-        similarity = totals[candidates]
-        contribution = np.array(steps)[first[candidates]]
-        contribution *= similarity
-        totals[candidates] = 0.0
-        first[candidates] = _NO_PART
-        return candidates, similarity, contribution
+        sizes = np.fromiter(map(len, holders), np.int64, len(holders))
+        slots = holders[0] if len(holders) == 1 else np.concatenate(holders)
+        return slots, sizes, np.array(weights).reshape(-1, 2)
 
-    def _neighbours(self, candidates: np.ndarray, similarity: np.ndarray) -> np.ndarray:
-        """Indices of the ``k`` most similar of the ``sample_size`` most recent candidates.
-
-        Ties in similarity go to the more recent session (then the later created one). The
-        result is in creation order, a total order that survives
-        :meth:`to_state`/:meth:`from_state`, so scores are summed in the same order whatever
-        slots the sessions occupy and stay bit-identical.
-        """
-        count = len(candidates)
-        serials = self._serial[candidates]
-        if count <= self.k and (not self.sample_size or count <= self.sample_size):
-            return serials.argsort()
-        chosen = np.arange(count)
-        last_ts = self._ts[candidates]
-        if self.sample_size and count > self.sample_size:
-            chosen = np.lexsort((serials, last_ts))[-self.sample_size :]
-        if len(chosen) > self.k:
-            closest = np.lexsort((serials[chosen], last_ts[chosen], similarity[chosen]))
-            chosen = chosen[closest[-self.k :]]
-        return chosen[serials[chosen].argsort()]
-
-    def _top(self, items: np.ndarray, scores: np.ndarray, n: int) -> list[tuple[str, float]]:
-        """Best ``n`` items by score, ties to the smaller item id string; positive scores only."""
-        threshold = _TINY
-        if len(scores) > n:
-            threshold = max(float(np.partition(scores, len(scores) - n)[len(scores) - n]), _TINY)
-        best = (scores >= threshold).nonzero()[0]
+    def _top(self, items: np.ndarray, negated: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """Best ``n`` of the items `_best` kept (with their negated scores, best first), ties to
+        the smaller item id string."""
         key_of = self._item_key_of
         ranked = sorted(
-            zip(
-                (-scores[best]).tolist(), map(key_of.__getitem__, items[best].tolist()), strict=True
-            )
+            zip(negated.tolist(), map(key_of.__getitem__, items.tolist()), strict=True)
         )[:n]
         if not ranked:
             return []

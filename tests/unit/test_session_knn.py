@@ -65,8 +65,9 @@ def _assert_arrays_consistent(knn: SessionKNN) -> None:
     assert free == set(knn._free_slots)
     assert not knn._n_items[sorted(free)].any()
     assert knn._flat_live == int(knn._n_items.sum()) <= knn._flat_used <= len(knn._flat)
+    assert knn._holders.keys() == knn._holders_n.keys()
     for iid, holders in knn._holders.items():
-        assert sorted(holders.tolist()) == sorted(knn._sessions_of[iid])
+        assert sorted(holders[: knn._holders_n[iid]].tolist()) == sorted(knn._sessions_of[iid])
     for iid, count in knn._clicks_count.items():
         assert knn._log_clicks[iid] == math.log(count)
     assert not knn._similarity.any() and not knn._score.any() and not knn._in_query.any()
@@ -671,3 +672,93 @@ def test_few_changed_sessions_refresh_as_the_array_path(monkeypatch: pytest.Monk
         monkeypatch.undo()
         assert expected_few == expected_many
         assert few._flat_live == many._flat_live
+
+
+# ---------------------------------------------------------------------- the compiled query
+
+
+def _loop_recommend(
+    knn: SessionKNN, session_items: Sequence[str], n: int, exclude_session: str | None = None
+) -> list[tuple[str, float]]:
+    """`SessionKNN.recommend` as plain Python loops over the index's dictionaries, in the order
+    the class docstring gives: what the compiled query must reproduce bit for bit."""
+    length = len(session_items)
+    last_position: dict[int, int] = {}
+    for position in range(length - 1, -1, -1):
+        iid = knn._iid_of.get(session_items[position])
+        if iid is not None and iid not in last_position:
+            last_position[iid] = position
+    excluded = knn._slot_of.get(exclude_session) if exclude_session is not None else None
+    per_distinct = 1.0 / len(set(session_items))
+    similarity: dict[int, float] = {}
+    step: dict[int, float] = {}  # of the most recent shared item, over the distinct items
+    for iid, position in last_position.items():  # most recent first
+        weight = knn._position_weight(position + 1, length)
+        if weight <= 0.0:
+            continue
+        for slot in knn._sessions_of[iid]:
+            if slot != excluded:
+                similarity[slot] = similarity.get(slot, 0.0) + weight
+                step.setdefault(slot, knn._step_weight(length - position) * per_distinct)
+    ts, serial = knn._ts_of, knn._serial_of
+    candidates = sorted(similarity, key=lambda slot: (ts[slot], serial[slot]))
+    if knn.sample_size:
+        candidates = candidates[-knn.sample_size :]
+    candidates.sort(key=lambda slot: (similarity[slot], ts[slot], serial[slot]))
+    scores: dict[int, float] = {}
+    for slot in sorted(candidates[-knn.k :], key=serial.__getitem__):  # creation order
+        gain = step[slot] * similarity[slot]
+        if knn.weighting_score == "linear" and gain <= 0.0:
+            continue
+        items = knn._items_of[slot]
+        anchor = max([0] + [click_no for iid, click_no in items.items() if iid in last_position])
+        for iid, click_no in items.items():
+            item_gain = gain
+            if knn.neighbour_item_decay is not None:
+                item_gain = gain * math.exp(-abs(click_no - anchor) / knn.neighbour_item_decay)
+            scores[iid] = scores.get(iid, 0.0) + item_gain
+    if not knn.remind:
+        scores.update((iid, 0.0) for iid in last_position if iid in scores)
+    if knn.idf_weighting:
+        base = 1.0 + knn.idf_weighting * math.log(len(knn))
+        for iid in scores:
+            boost = math.log(knn._clicks_count[iid]) * -knn.idf_weighting + base
+            scores[iid] *= max(boost, 1.0)
+    key_of = knn._item_key_of
+    ranked = sorted((-score, key_of[iid]) for iid, score in scores.items() if score > 0.0)[:n]
+    top = -ranked[0][0] if ranked and knn.normalize else 1.0
+    return [(item_id, -negated / top) for negated, item_id in ranked]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"k": 3, "sample_size": 6, "weighting_score": "quadratic", "neighbour_item_decay": 2.0},
+        {"k": 4, "sample_size": 0, "idf_weighting": 0.0, "remind": False},
+        {"k": 50, "sample_size": 5, "weighting": "linear", "weighting_score": "linear"},
+        {
+            "k": 2,
+            "sample_size": 3,
+            "weighting": "log",
+            "weighting_score": "log",
+            "normalize": False,
+        },
+        {"k": 500, "weighting": "same", "weighting_score": "div", "neighbour_item_decay": 4.0},
+    ],
+)
+def test_compiled_query_is_bit_identical_to_plain_loops(params: dict[str, object]) -> None:
+    # Few items and coarse times make ties at the k-th neighbour and between items common;
+    # small bounds evict sessions, truncate them and reuse slots and item ids; queries between
+    # events re-append changed sessions and reallocate the flat item array.
+    rng = random.Random(repr(sorted(params.items())))
+    knn = SessionKNN(max_sessions=40, max_session_len=6, **params)  # type: ignore[arg-type]
+    for step in range(1_500):
+        session = f"s{rng.randrange(70)}"
+        knn.add_item(session, f"i{int(rng.paretovariate(0.8)) % 30}", 1_000 * (step // 25))
+        query = [f"i{int(rng.paretovariate(0.8)) % 32}" for _ in range(rng.randint(1, 12))]
+        exclude = session if step % 3 else None
+        n = rng.choice([1, 5, 60])
+        expected = _loop_recommend(knn, query, n, exclude)
+        assert knn.recommend(query, n, exclude_session=exclude) == expected
+    assert knn._next_serial > 2 * knn.max_sessions
+    _assert_consistent(knn)
