@@ -193,7 +193,7 @@ def _query(
     return _best(items, scores, n)
 
 
-@kernel
+@kernel(called_by_kernels_only=True)
 def _candidates(
     holders: np.ndarray,
     sizes: np.ndarray,
@@ -239,7 +239,7 @@ def _candidates(
     return candidates, similar, contribution
 
 
-@kernel
+@kernel(called_by_kernels_only=True)
 def _neighbours(
     similarity: np.ndarray, ts: np.ndarray, serial: np.ndarray, k: int, sample_size: int
 ) -> np.ndarray:
@@ -266,7 +266,7 @@ def _neighbours(
     return by_serial[kept]
 
 
-@kernel
+@kernel(called_by_kernels_only=True)
 def _last_in_order(ranked: np.ndarray, keep: int, count: int) -> np.ndarray:
     """The last ``keep`` of ``ranked`` (a permutation of ``range(count)``), in increasing order."""
     mask = np.zeros(count, dtype=np.bool_)
@@ -274,7 +274,7 @@ def _last_in_order(ranked: np.ndarray, keep: int, count: int) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-@kernel
+@kernel(called_by_kernels_only=True)
 def _item_scores(
     neighbours: np.ndarray,
     gains: np.ndarray,
@@ -328,7 +328,7 @@ def _item_scores(
     return items, scores
 
 
-@kernel
+@kernel(called_by_kernels_only=True)
 def _idf_boost(
     items: np.ndarray,
     scores: np.ndarray,
@@ -348,7 +348,7 @@ def _idf_boost(
         scores[at] *= max(boost, 1.0)
 
 
-@kernel
+@kernel(called_by_kernels_only=True)
 def _best(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The items scoring at least the ``n``-th best score, and positive (the ``n`` best and
     those tied with the last of them), and their negated scores, best first.
