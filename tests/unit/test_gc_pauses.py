@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import pytest
 
@@ -113,3 +114,29 @@ def test_the_hourly_release_sweeps_or_unfreezes_as_configured() -> None:
         assert gc.get_freeze_count() > 0, "the sweep freezes its survivors again"
     finally:
         gc.unfreeze()
+
+
+def test_engine_alone_collects_garbage_as_the_worker_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine-alone bench runs under the worker's collector (young survivors frozen), and
+    leaves nothing frozen behind for what runs next in the process."""
+    import stream.bench.engine_alone as engine_alone
+
+    frozen_during: list[int] = []
+    batched = engine_alone._run_batched
+
+    def recording(*args: Any) -> Any:
+        run = batched(*args)
+        frozen_during.append(gc.get_freeze_count())
+        return run
+
+    monkeypatch.setattr(engine_alone, "_run_batched", recording)
+    assert gc.get_freeze_count() == 0
+    worker = engine_alone.run_engine_alone(batch_events=50, warmup_events=500, events=500)
+    plain = engine_alone.run_engine_alone(
+        batch_events=50, warmup_events=500, events=500, worker_gc=False
+    )
+    assert frozen_during[0] > 0 and frozen_during[1] == 0
+    assert gc.get_freeze_count() == 0
+    assert (
+        worker.to_dict()["gc"].startswith("worker") and plain.to_dict()["gc"] == "Python's default"
+    )
