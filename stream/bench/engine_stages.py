@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from processors.config import EngineConfig
-from stream.bench.engine_alone import _process_batch, _World
+from stream.bench.engine_alone import _collector, _process_batch, _World
 
 __all__ = ["STAGES", "profile_stages"]
 
@@ -90,21 +90,22 @@ def profile_stages(
         size = max(batch_events, 1)
         queue: list[tuple[bytes, int, bool]] = []
         seen = measured = total_ns = 0
-        gc.collect()
-        while seen < warmup_events + events:
-            while len(queue) < size:
-                queue.extend(world.next_reaction())
-            batch, queue = queue[:size], queue[size:]
-            measuring[0] = seen >= warmup_events
-            started = time.thread_time_ns()
-            served = _process_batch(world, batch)
-            if measuring[0]:
-                total_ns += time.thread_time_ns() - started
-                measured += len(batch)
-            measuring[0] = False
-            for page in served:
-                world.pages[page.user_id] = page
-            seen += len(batch)
+        with _collector(True):  # garbage collected as the worker does (see engine_alone)
+            gc.collect()
+            while seen < warmup_events + events:
+                while len(queue) < size:
+                    queue.extend(world.next_reaction())
+                batch, queue = queue[:size], queue[size:]
+                measuring[0] = seen >= warmup_events
+                started = time.thread_time_ns()
+                served = _process_batch(world, batch)
+                if measuring[0]:
+                    total_ns += time.thread_time_ns() - started
+                    measured += len(batch)
+                measuring[0] = False
+                for page in served:
+                    world.pages[page.user_id] = page
+                seen += len(batch)
     finally:
         for owner, name, original in reversed(restore):
             setattr(owner, name, original)
