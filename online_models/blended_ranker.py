@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from online_models.logistic import OnlineLogistic
+from processors.compiled import kernel
 
 __all__ = ["BlendedRanker"]
 
@@ -106,13 +107,10 @@ class BlendedRanker:
     def predict_proba_many(self, X: np.ndarray) -> np.ndarray:
         """Blended click probabilities of many rows."""
         X = np.asarray(X, dtype=np.float64)
-        # np.clip's bounds, as two ufuncs: the same values without np.clip's Python dispatch.
-        clipped = np.minimum(np.maximum(X[:, self._prior_index], -30.0), 30.0)
-        prior = 1.0 / (1.0 + np.exp(-clipped))
         weight = self.learned_weight
-        if weight < 1e-6:
-            return prior
-        return weight * self.learned.predict_proba_many(X) + (1.0 - weight) * prior
+        learned = self.learned.predict_proba_many(X) if weight >= 1e-6 else np.zeros(len(X))
+        _blend(X, self._prior_index, learned, weight if weight >= 1e-6 else 0.0)
+        return learned
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:
         """Blended click probability of one row given by name."""
@@ -188,3 +186,19 @@ def _sigmoid(z: float) -> float:
 def _log_loss(p: float, y: bool) -> float:
     p = min(max(p, _EPS), 1.0 - _EPS)
     return -math.log(p if y else 1.0 - p)
+
+
+@kernel
+def _blend(
+    X: np.ndarray, prior_column: int, learned: np.ndarray, weight: float
+) -> None:  # pragma: no cover - compiled
+    """In place: ``learned`` becomes ``weight * learned + (1 - weight) * prior`` per row, the
+    prior being the sigmoid of the click model's logit (clipped to ±30); with a weight of 0
+    the prior alone (not ``0 * learned + prior``, which a NaN would poison)."""
+    for i in range(X.shape[0]):
+        clipped = min(max(X[i, prior_column], -30.0), 30.0)
+        prior = 1.0 / (1.0 + math.exp(-clipped))
+        if weight == 0.0:
+            learned[i] = prior
+        else:
+            learned[i] = weight * learned[i] + (1.0 - weight) * prior
