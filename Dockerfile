@@ -27,7 +27,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     KAFKA_BOOTSTRAP_SERVERS=kafka:9092 \
-    REDIS_URL=redis://redis:6379/0
+    REDIS_URL=redis://redis:6379/0 \
+    NUMBA_CACHE_DIR=/var/lib/insession/numba-cache
 
 COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links /wheels insession \
@@ -37,6 +38,9 @@ RUN pip install --no-index --find-links /wheels insession \
 # Faust keeps its local table data under the working directory.
 WORKDIR /var/lib/insession
 USER insession
+# Compile the engine's numba kernels into the image (NUMBA_CACHE_DIR): a worker then loads
+# them in ~0.4 s at start instead of compiling them for a few seconds.
+RUN python -c "from processors.config import EngineConfig; from stream.warmup import warm_up_engine; print(f'kernels compiled in {warm_up_engine(EngineConfig()):.1f} s')"
 
 ENTRYPOINT ["insession"]
 CMD ["worker"]
