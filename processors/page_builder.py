@@ -59,9 +59,6 @@ _new = object.__new__
 _set_item_id = PageItem.__dict__["item_id"].__set__
 _set_score = PageItem.__dict__["score"].__set__
 _set_artwork_id = PageItem.__dict__["artwork_id"].__set__
-_set_row_id = PageRow.__dict__["row_id"].__set__
-_set_row_title = PageRow.__dict__["title"].__set__
-_set_row_items = PageRow.__dict__["items"].__set__
 #: Runs an iterator to its end, in C (the ``consume`` recipe of ``itertools``).
 _consume = deque(maxlen=0).extend
 
@@ -82,49 +79,6 @@ def _page_items(
     _consume(map(_set_score, items, scores))
     _consume(map(_set_artwork_id, items, artwork_ids))
     return items
-
-
-def _page_row(row_id: str, title: str, items: tuple[PageItem, ...]) -> PageRow:
-    """``PageRow(row_id, title, items)``, its slots set directly (as for `_page_items`)."""
-    row = _new(PageRow)
-    _set_row_id(row, row_id)
-    _set_row_title(row, title)
-    _set_row_items(row, items)
-    return row
-
-
-_set_user_id = Page.__dict__["user_id"].__set__
-_set_session_id = Page.__dict__["session_id"].__set__
-_set_recommendation_id = Page.__dict__["recommendation_id"].__set__
-_set_trigger_event_id = Page.__dict__["trigger_event_id"].__set__
-_set_generated_at = Page.__dict__["generated_at"].__set__
-_set_rows = Page.__dict__["rows"].__set__
-_set_variant = Page.__dict__["variant"].__set__
-_set_coalesced_event_ids = Page.__dict__["coalesced_event_ids"].__set__
-
-
-def _page(
-    user_id: str,
-    session_id: str,
-    recommendation_id: str,
-    trigger_event_id: str,
-    generated_at: int,
-    rows: tuple[PageRow, ...],
-    variant: str,
-    coalesced_event_ids: tuple[str, ...],
-) -> Page:
-    """``Page(...)`` with every field given, its slots set directly (as for `_page_items`):
-    half the cost of the frozen dataclass's ``__init__``."""
-    page = _new(Page)
-    _set_user_id(page, user_id)
-    _set_session_id(page, session_id)
-    _set_recommendation_id(page, recommendation_id)
-    _set_trigger_event_id(page, trigger_event_id)
-    _set_generated_at(page, generated_at)
-    _set_rows(page, rows)
-    _set_variant(page, variant)
-    _set_coalesced_event_ids(page, coalesced_event_ids)
-    return page
 
 
 def _by_score(scores: np.ndarray, item_ids: list[str]) -> list[str]:
@@ -321,15 +275,15 @@ class PageBuilder:
             features = np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
         else:
             page_rows, item_ids, features = self._personalized(state, recommendation_id, now)
-        page = _page(
-            state.user_id,
-            state.session_id,
-            recommendation_id,
-            trigger_event_id,
-            generated_at,
-            page_rows,
-            state.variant,
-            coalesced_event_ids,
+        page = Page(
+            user_id=state.user_id,
+            session_id=state.session_id,
+            recommendation_id=recommendation_id,
+            trigger_event_id=trigger_event_id,
+            generated_at=generated_at,
+            rows=page_rows,
+            variant=state.variant,
+            coalesced_event_ids=coalesced_event_ids,
         )
         return ServedPage(page=page, item_ids=item_ids, features=features)
 
@@ -512,7 +466,7 @@ class PageBuilder:
         start = 0
         for plan, items in arranged:
             end = start + len(items)
-            rows.append(_page_row(plan.row_id, plan.title, tuple(page_items[start:end])))
+            rows.append(PageRow(plan.row_id, plan.title, tuple(page_items[start:end])))
             start = end
         return tuple(rows)
 
