@@ -28,7 +28,8 @@ __all__ = ["ArrangedPage", "arrange"]
 
 #: Items whose scores decide a row's place on the page.
 ROW_SCORE_TOP = 3
-#: Slots of "Top picks" whose genres are spread (see `PageBuilder._diversified`).
+#: Slots of "Top picks" whose genres are spread (`PageBuilder._diversified`): what a row
+#: shows without sideways scrolling (3 titles on a phone, 5 on a TV, 6 on the web).
 SPREAD_SLOTS = 6
 #: `_arrange_kernel`'s status when two candidates' scores tie (or one is NaN).
 _TIED = -1

@@ -16,7 +16,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from processors.arrangement import arrange
+from processors.arrangement import ROW_SCORE_TOP, SPREAD_SLOTS, arrange
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import HOLDOUT
@@ -43,13 +43,8 @@ from schemas.messages import Page, PageItem, PageRow
 
 __all__ = ["PageBuilder", "ServedFeatures", "ServedPage", "session_key"]
 
-#: Items whose scores decide a row's place on the page.
-_ROW_SCORE_TOP = 3
 #: Genre rows on a personalized page.
 _GENRE_ROWS = 2
-#: Slots of "Top picks" whose genres are spread: what a row shows without sideways scrolling
-#: (3 titles on a phone, 5 on a TV, 6 on the web).
-_SPREAD_SLOTS = 6
 
 
 #: The id of a ``(-score, item_id)`` pair.
@@ -503,7 +498,7 @@ class PageBuilder:
 
     def _diversified(self, ranked: list[str], score_of: dict[str, float], limit: int) -> list[str]:
         """The best ``limit`` titles in an order that spreads genres over the first
-        `_SPREAD_SLOTS` slots (maximal marginal relevance): each next title's log-score loses
+        `SPREAD_SLOTS` slots (maximal marginal relevance): each next title's log-score loses
         ``genre_diversity`` per title of the same genre already ahead of it (a title of two
         genres counts half for each). Past them the order is the score's.
 
@@ -512,7 +507,7 @@ class PageBuilder:
         it, while a strongly loved genre still wins most slots.
         """
         penalty = self.config.genre_diversity
-        slots = min(_SPREAD_SLOTS, limit)
+        slots = min(SPREAD_SLOTS, limit)
         if penalty <= 0.0 or len(ranked) <= 1:
             return ranked[:limit]
         pool = ranked[: slots * 3]
@@ -639,7 +634,7 @@ class PageBuilder:
                     item_id = item_ids[index]
                     if item_id not in placed:
                         top.append(score_of[item_id])
-                        if len(top) == _ROW_SCORE_TOP:
+                        if len(top) == ROW_SCORE_TOP:
                             break
                     index += 1
                 plan.score = sum(top) / len(top) if top else -1.0
