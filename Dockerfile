@@ -39,7 +39,7 @@ RUN pip install --no-index --find-links /wheels insession \
 WORKDIR /var/lib/insession
 USER insession
 # Compile the engine's numba kernels into the image (NUMBA_CACHE_DIR): a worker then loads
-# them in ~0.4 s at start instead of compiling them for a few seconds.
+# them in ~0.4 s at start instead of compiling them for 10-20 s.
 RUN python -c "from processors.config import EngineConfig; from stream.warmup import warm_up_engine; print(f'kernels compiled in {warm_up_engine(EngineConfig()):.1f} s')"
 
 ENTRYPOINT ["insession"]

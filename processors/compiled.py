@@ -13,7 +13,7 @@ Rules for a kernel:
   reassociation), so a compiled path gives bit-identical results: the engine digests
   (``python -m stream.bench.engine_digest``) must not move when a stage is compiled;
 - ``cache=True``: the machine code is kept next to the module (``__pycache__``), so only the
-  first process after an install or a change pays the compilation (about a second a kernel).
+  first process after an install or a change pays the compilation (10-20 s for all of them).
 """
 
 from __future__ import annotations
