@@ -1,8 +1,8 @@
 """Make the engine's compiled kernels ready before the first real batch arrives.
 
-numba compiles a kernel (or loads it from its cache) on the first call: ~0.3 s a kernel
-from the cache, 10-20 s for all of them after an install. Left to the first batch, that lands on
-the first users' pages; a worker pays it at start-up instead, on a throwaway engine fed two
+numba compiles a kernel (or loads it from its cache) on its first call: ~0.4 s for all of
+them from the cache, 10-20 s after an install or a change. Left to the first batch, that
+lands on the first users' pages; a worker pays it at start-up instead, on a throwaway engine fed two
 short synthetic sessions that take every compiled path (page features, kNN query, artworks).
 """
 
