@@ -108,8 +108,11 @@ class BlendedRanker:
         """Blended click probabilities of many rows."""
         X = np.asarray(X, dtype=np.float64)
         weight = self.learned_weight
-        learned = self.learned.predict_proba_many(X) if weight >= 1e-6 else np.zeros(len(X))
-        _blend(X, self._prior_index, learned, weight if weight >= 1e-6 else 0.0)
+        if weight < 1e-6:  # the click model alone: _blend writes the prior over every entry
+            weight, learned = 0.0, np.empty(len(X))
+        else:
+            learned = self.learned.predict_proba_many(X)
+        _blend(X, self._prior_index, learned, weight)
         return learned
 
     def predict_proba_one(self, x: Mapping[str, float]) -> float:

@@ -270,10 +270,11 @@ class OnlineLogistic:
                 if not math.isfinite(value)
             )
             raise ValueError(f"refusing to learn from non-finite features: {bad}")
-        core = self._core
-        proba = core.learn_scored(values, bool(y)) if scored else 0.0
-        if not scored:
-            core.learn(values, bool(y))
+        if scored:
+            proba = self._core.learn_scored(values, bool(y))
+        else:
+            self._core.learn(values, bool(y))
+            proba = 0.0
         self.n_learned += 1
         self._scoring = None
         return proba

@@ -34,28 +34,13 @@ _FEW_DIRTY = 4
 _NO_PART = np.iinfo(np.int64).max
 #: The neighbour item decay table when there is none.
 _NO_DECAY = np.zeros(0, dtype=np.float64)
-#: 0, 1, 2, ... sliced rather than rebuilt for the common short ranges (read-only).
-_RANGE = np.arange(4096)
 
 
-def _arange(n: int) -> np.ndarray:
-    """``np.arange(n)``, without an allocation when ``n`` is small."""
-    return _RANGE[:n] if n <= len(_RANGE) else np.arange(n)
-
-
-def _segments(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of the concatenated ranges ``[start, start + size)`` (sizes >= 1), where each
-    range begins in the result, and which range each result entry belongs to.
-
-    (Methods rather than numpy functions: at a few hundred entries the call overhead is most of
-    an operation's cost.)
-    """
-    ends = sizes.cumsum()
-    begins = ends - sizes
-    owner = _arange(len(sizes)).repeat(sizes)
-    index = (starts - begins)[owner]
-    index += _arange(len(index))
-    return index, begins, owner
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Indices of the concatenated ranges ``[start, start + size)`` (sizes >= 1)."""
+    index = (starts - (sizes.cumsum() - sizes)).repeat(sizes)
+    index += np.arange(len(index))
+    return index
 
 
 def _grown(array: np.ndarray, size: int, fill: float) -> np.ndarray:
@@ -770,7 +755,7 @@ class SessionKNN:
         sizes = self._n_items[slots]
         live = int(sizes.sum())
         if live:
-            flat[:live] = self._flat[_segments(self._start[slots], sizes)[0]]
+            flat[:live] = self._flat[_ranges(self._start[slots], sizes)]
         self._start[slots] = np.cumsum(sizes) - sizes
         self._flat = flat
         self._flat_used = live

@@ -187,7 +187,8 @@ def _row(x: Sequence[float]) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _sigmoid(z: float) -> float:
+@kernel
+def _sigmoid(z: float) -> float:  # pragma: no cover - compiled
     """River's sigmoid: exactly 0 below a logit of -30 and 1 above 30."""
     if z < -_SIGMOID_CLAMP:
         return 0.0
@@ -248,15 +249,7 @@ def _learn_step(
         value = (xi - mean) / var**half if var else 0.0
         scaled[i] = value
         total += weights[i] * value
-    proba = 0.0
-    if score_first:
-        z = before + intercept
-        if z < -_SIGMOID_CLAMP:
-            proba = 0.0
-        elif z > _SIGMOID_CLAMP:
-            proba = 1.0
-        else:
-            proba = 1.0 / (1.0 + math.exp(-z))
+    proba = _sigmoid(before + intercept) if score_first else 0.0
     # River's optim.losses.Log().gradient for a unit weight, then its gradient clamp.
     sign = 1.0 if y else -1.0
     z = (total + intercept) * sign

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
-__all__ = ["stable_hash64", "stable_id", "unit_interval"]
+__all__ = ["stable_digest64", "stable_hash64", "stable_id", "unit_interval"]
 
 
 def stable_hash64(*parts: str) -> int:
@@ -21,8 +21,18 @@ def stable_hash64(*parts: str) -> int:
     >>> stable_hash64("u1", "e1") == stable_hash64("u1e", "1")
     False
     """
-    digest = blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    return int.from_bytes(stable_digest64(*parts), "big")
+
+
+def stable_digest64(*parts: str) -> bytes:
+    """`stable_hash64` as its 8 big-endian bytes (for code that stores the hash as bytes).
+
+    Examples
+    --------
+    >>> int.from_bytes(stable_digest64("u1", "e1"), "big") == stable_hash64("u1", "e1")
+    True
+    """
+    return blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
 
 
 def stable_id(prefix: str, *parts: str) -> str:

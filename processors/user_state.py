@@ -14,10 +14,9 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
-from hashlib import blake2b
 from typing import Any, NoReturn
 
-from processors.ids import stable_hash64
+from processors.ids import stable_digest64, stable_hash64
 
 __all__ = [
     "EVENT_TYPE_INDEX",
@@ -151,7 +150,7 @@ def _fingerprint_bytes(text: str) -> bytes:
     """``_key_bytes(stable_hash64(text))`` without the round trip through an int: the hash
     is the big-endian reading of the digest, so its machine-order bytes are the digest
     itself, reversed on a little-endian machine."""
-    digest = blake2b(text.encode(), digest_size=8).digest()
+    digest = stable_digest64(text)
     return digest[::-1] if _LITTLE_ENDIAN else digest
 
 
