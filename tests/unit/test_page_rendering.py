@@ -40,11 +40,16 @@ def _pulls(rng: random.Random) -> dict[str, float]:
     }
 
 
+def _catalog(rng: random.Random, n_items: int) -> Catalog:
+    catalog = Catalog()
+    for index in range(n_items):
+        catalog.upsert(_item(rng, index))
+    return catalog
+
+
 def test_remembered_choices_equal_the_arrays_through_catalog_changes() -> None:
     rng = random.Random(7)
-    catalog = Catalog()
-    for index in range(60):
-        catalog.upsert(_item(rng, index))
+    catalog = _catalog(rng, 60)
     table = ItemTable()
     styled = StyledArtworks(table, max_entries=500)
     reference = StyledArtworks(table)
@@ -67,9 +72,7 @@ def test_remembered_choices_equal_the_arrays_through_catalog_changes() -> None:
 @pytest.mark.parametrize("odd", [math.nan, math.inf, -math.inf])
 def test_pulls_that_are_not_finite_take_the_arrays(odd: float) -> None:
     rng = random.Random(3)
-    catalog = Catalog()
-    for index in range(20):
-        catalog.upsert(_item(rng, index))
+    catalog = _catalog(rng, 20)
     table = ItemTable()
     table.sync(catalog)
     styled = StyledArtworks(table)
@@ -105,9 +108,7 @@ def test_page_items_equal_the_dataclasses() -> None:
 def test_rows_of_numpy_ints_are_accepted() -> None:
     """The page passes a gather of the candidates' rows (``np.intp``)."""
     rng = random.Random(1)
-    catalog = Catalog()
-    for index in range(10):
-        catalog.upsert(_item(rng, index))
+    catalog = _catalog(rng, 10)
     table = ItemTable()
     table.sync(catalog)
     item_ids = [f"item-{k}" for k in range(10)]
