@@ -6,9 +6,10 @@ import gc
 import time
 from typing import Any
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["GcPauses", "LatencyRecorder"]
+__all__ = ["GcPauses", "LatencyRecorder", "percentiles_us"]
 
 _LOWEST_US = 1
 _HIGHEST_US = 60 * 1_000_000
@@ -52,10 +53,11 @@ class LatencyRecorder:
     def summary_ms(self) -> dict[str, float]:
         """p50/p90/p99/p99.9/max in milliseconds, and the count.
 
-        One pass over the histogram for all four percentiles (the worker publishes two
-        summaries every second; a pass per percentile cost ~2.8 ms per summary).
+        The worker publishes several summaries every second on its event loop: hdrh's own
+        lookup walks the 17,408 buckets in Python (~1.2 ms a summary, a stall a batch
+        waits behind), `percentiles_us` does it in numpy with the same answers.
         """
-        values = self.histogram.get_percentile_to_value_dict([50.0, 90.0, 99.0, 99.9])
+        values = percentiles_us(self.histogram, (50.0, 90.0, 99.0, 99.9))
         return {
             "count": self.count,
             "p50_ms": values.get(50.0, 0) / 1000.0,
@@ -68,6 +70,28 @@ class LatencyRecorder:
     def reset(self) -> None:
         """Start a new measurement window."""
         self.histogram.reset()
+
+
+def percentiles_us(histogram: HdrHistogram, percentiles: tuple[float, ...]) -> dict[float, int]:
+    """``histogram.get_percentile_to_value_dict(percentiles)``, the same values from a cumulative
+    sum in numpy instead of a Python loop over every bucket (tested against it)."""
+    counts = np.ctypeslib.as_array(histogram.counts)[: histogram.counts_len]
+    cumulative = np.cumsum(counts)
+    out: dict[float, int] = {}
+    for percentile in sorted(set(percentiles)):
+        if percentile > 100:
+            break
+        target = histogram.get_target_count_at_percentile(percentile)
+        index = int(np.searchsorted(cumulative, target, side="left"))
+        if index >= histogram.counts_len:
+            break  # fewer values recorded than the target: hdrh leaves it out too
+        value = histogram.get_value_from_index(index)
+        out[percentile] = (
+            histogram.get_highest_equivalent_value(value)
+            if percentile
+            else histogram.get_lowest_equivalent_value(value)
+        )
+    return out
 
 
 class GcPauses:
@@ -102,7 +126,6 @@ class GcPauses:
         self._started_ns = 0
         self._full_collection_done = False
         self._summaries: dict[str, dict[str, float]] = {}
-        self._summarized_at: dict[str, float] = {}
 
     def install(self) -> GcPauses:
         """Start recording (idempotent); with ``freeze_survivors``, freeze what lives now."""
@@ -176,20 +199,15 @@ class GcPauses:
     def summary_ms(self) -> dict[str, Any]:
         """Pause percentiles per generation, in milliseconds, and the freezes so far.
 
-        A summary walks the histogram and the worker publishes this every second, while
-        young collections happen several times a second: generations 0 and 1 are summarized
-        at most every 10 s, generation 2 whenever it collected.
+        The worker publishes this every second: a generation is summarized again only when
+        it collected since.
         """
         cached = self._summaries
-        now = time.monotonic()
         for generation, recorder in enumerate(self.by_generation):
             key = f"gen{generation}"
             summary = cached.get(key)
-            stale = summary is None or summary["count"] != recorder.count
-            due = generation == 2 or now - self._summarized_at.get(key, -1e9) >= 10.0
-            if stale and due:
+            if summary is None or summary["count"] != recorder.count:
                 cached[key] = recorder.summary_ms()
-                self._summarized_at[key] = now
         out: dict[str, Any] = dict(cached)
         out["freezes"] = self.freezes
         out["swept"] = self.swept

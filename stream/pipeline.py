@@ -102,6 +102,9 @@ class EventPipeline:
         self.processing = LatencyRecorder()
         #: Consumed → page handed to the producer, once per page (issue 5's definition).
         self.page_produced = LatencyRecorder()
+        #: Consumed → the batch's processing starts, once per event: the part of the two
+        #: above spent waiting (for the event loop, the previous batch, the lock).
+        self.batch_wait = LatencyRecorder()
         #: The process's garbage-collector pauses, when the runtime records them.
         self.gc_pauses: GcPauses | None = None
         self._catalog_version: int | None = None
@@ -164,6 +167,7 @@ class EventPipeline:
                 self.counters["skipped_not_owned"] += len(skipped)
             batch = _Batch(messages, received_ns)
             if messages:
+                self.batch_wait.record_ns(time.monotonic_ns() - received_ns, count=len(messages))
                 await self._process(batch)
             self._unwritten.update(batch.states)
             done = await inflight.submit(lambda: self._complete(batch, on_durable))
@@ -470,11 +474,13 @@ class EventPipeline:
     async def publish_worker_metrics(self) -> bool:
         """Write counters and the processing-time histograms to ``{prefix}metrics:worker``.
 
-        Two histograms, both from the time the consumer received the batch:
+        Three histograms, all from the time the consumer received the batch:
         ``page_produced`` ends when a page is handed to the producer (once per page: the
         in-worker processing of issue 5), ``processing`` when the batch's outputs are acked
         and its states checkpointed (once per event of the batch: what at-least-once waits
-        for before an offset may be committed). Both are cumulative and HDR-encoded:
+        for before an offset may be committed), ``batch_wait`` when the batch's processing
+        starts (once per event: the share of both that is waiting, not work). All are
+        cumulative and HDR-encoded:
         ``insession bench`` reads them at the start and the end of a phase and subtracts.
         """
         payload = {
@@ -487,6 +493,8 @@ class EventPipeline:
             "processing_hdr": self.processing.histogram.encode().decode("ascii"),
             "page_produced": self.page_produced.summary_ms(),
             "page_produced_hdr": self.page_produced.histogram.encode().decode("ascii"),
+            "batch_wait": self.batch_wait.summary_ms(),
+            "batch_wait_hdr": self.batch_wait.histogram.encode().decode("ascii"),
             "batches_in_flight": self.inflight.pending,
         }
         if self.gc_pauses is not None:

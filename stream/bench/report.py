@@ -43,9 +43,10 @@ def render_table(result: dict[str, Any]) -> str:
         lines.append(
             "| latency p50 / p99 / p99.9 ms (from intended send) | broker floor (relay) "
             "| Faust agent floor | Faust floor (batch runtime) | insession event → page "
-            "| in-worker: consumed → page produced | in-worker: consumed → acked + checkpointed |"
+            "| in-worker: consumed → page produced | in-worker: consumed → acked + checkpointed "
+            "| in-worker: consumed → batch starts |"
         )
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for rate in rates:
             phase = mine.get(rate, {})
             lines.append(
@@ -53,7 +54,8 @@ def render_table(result: dict[str, Any]) -> str:
                 f"| {_ms(agent.get(rate, {}).get('latency'))} "
                 f"| {_ms(faust.get(rate, {}).get('latency'))} "
                 f"| {_ms(phase.get('latency'))} | {_ms(phase.get('in_worker_page_produced'))} "
-                f"| {_ms(phase.get('in_worker_processing'))} |"
+                f"| {_ms(phase.get('in_worker_processing'))} "
+                f"| {_ms(phase.get('in_worker_batch_wait'))} |"
             )
         sustained = result.get("insession", {}).get("at_sustained_rate")
         if sustained:
@@ -63,7 +65,8 @@ def render_table(result: dict[str, Any]) -> str:
                 "highest share tried that kept up) | | "
                 f"| | {_ms(sustained['latency'])} "
                 f"| {_ms(sustained.get('in_worker_page_produced'))} "
-                f"| {_ms(sustained.get('in_worker_processing'))} |"
+                f"| {_ms(sustained.get('in_worker_processing'))} "
+                f"| {_ms(sustained.get('in_worker_batch_wait'))} |"
             )
         attempts = result.get("insession", {}).get("sustained_attempts") or []
         behind = [a for a in attempts if not a["kept_up"]]
@@ -71,7 +74,7 @@ def render_table(result: dict[str, Any]) -> str:
             tried = ", ".join(
                 f"{a['offered_rate']:,.0f}/s p99 {a['p99_ms']:,.0f} ms" for a in behind
             )
-            lines.append(f"| insession fell behind on a paced stream at: {tried} | | | | | | |")
+            lines.append(f"| insession fell behind on a paced stream at: {tried} | | | | | | | |")
         lines.append("")
         lines.append(
             "| maximum throughput (backlog drain) | broker floor | Faust agent floor "

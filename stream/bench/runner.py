@@ -491,6 +491,7 @@ def _measure_worker(
         if earlier is None or later is None:
             summary["in_worker_processing"] = None
             summary["in_worker_page_produced"] = None
+            summary["in_worker_batch_wait"] = None
             return
         phase = histogram_difference(watcher.histogram(later), watcher.histogram(earlier))
         summary["in_worker_processing"] = summary_ms(phase)
@@ -499,6 +500,12 @@ def _measure_worker(
             watcher.histogram(earlier, "page_produced_hdr"),
         )
         summary["in_worker_page_produced"] = summary_ms(produced)
+        if "batch_wait_hdr" in later and "batch_wait_hdr" in earlier:
+            waited = histogram_difference(
+                watcher.histogram(later, "batch_wait_hdr"),
+                watcher.histogram(earlier, "batch_wait_hdr"),
+            )
+            summary["in_worker_batch_wait"] = summary_ms(waited)
         summary["in_worker_events"] = later["events"] - earlier["events"]
         summary["in_worker_pages"] = later["pages"] - earlier["pages"]
 

@@ -128,5 +128,6 @@ class MetricsWatcher:
     def histogram(payload: dict[str, Any], name: str = "processing_hdr") -> HdrHistogram:
         """A cumulative histogram of a snapshot: ``processing_hdr`` (consumed → outputs acked
         and state checkpointed, per event) or ``page_produced_hdr`` (consumed → page handed to
-        the producer, per page)."""
+        the producer, per page) or ``batch_wait_hdr`` (consumed → the batch's processing
+        starts, per event)."""
         return HdrHistogram.decode(payload[name].encode("ascii"))

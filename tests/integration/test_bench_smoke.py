@@ -47,6 +47,9 @@ def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -
     assert lowest["in_worker_processing"]["count"] > 0
     # consumed → page produced: one value per page the worker made in the phase
     assert lowest["in_worker_page_produced"]["count"] == lowest["in_worker_pages"] > 0
+    # consumed → batch starts: one value per event the worker processed in the phase
+    assert lowest["in_worker_batch_wait"]["count"] == lowest["in_worker_events"] > 0
+    assert lowest["in_worker_batch_wait"]["p50_ms"] <= lowest["in_worker_processing"]["p50_ms"]
     # The sustained rate is searched downwards from the drain rate until a share keeps up.
     attempts = result["insession"]["sustained_attempts"]
     assert attempts and [a["kept_up"] for a in attempts[:-1]] == [False] * (len(attempts) - 1)

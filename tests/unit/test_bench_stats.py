@@ -6,6 +6,8 @@ histograms keep 3 significant digits, hence the 0.1% tolerances.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from schemas.codec import encode_event
@@ -13,7 +15,7 @@ from stream.bench.kafka_run import COALESCED_FIELD, AnswerRouter, coalesced_ids_
 from stream.bench.stats import LatencyTracker, Schedule, histogram_difference, run_paced
 from stream.bench.traffic import Traffic, seq_of_event_id
 from stream.demo_traffic import demo_catalog
-from stream.latency import LatencyRecorder
+from stream.latency import LatencyRecorder, percentiles_us
 
 MS = 1_000_000  # ns
 
@@ -193,3 +195,16 @@ def test_a_paced_phase_keeps_up_only_with_every_answer_and_a_bounded_p99() -> No
     assert not _kept_up({**served, "missing": 3})
     assert not _kept_up({**served, "latency": {"p50_ms": 500.0, "p99_ms": 1_800.0}})
     assert not _kept_up({"missing": 0, "latency": None})
+
+
+@pytest.mark.parametrize("recorded", [0, 1, 7, 5_000])
+def test_summary_percentiles_are_hdrhs_own(recorded: int) -> None:
+    """The numpy lookup behind every summary gives hdrh's values, empty and sparse included."""
+    rng = random.Random(recorded)
+    recorder = LatencyRecorder()
+    for _ in range(recorded):  # a body of milliseconds and a tail of seconds
+        recorder.record_us(rng.expovariate(1 / 4_000) + rng.choice((0, 0, 0, 2_000_000)))
+    wanted = [0.0, 50.0, 90.0, 99.0, 99.9, 100.0]
+    expected = recorder.histogram.get_percentile_to_value_dict(wanted)
+    assert percentiles_us(recorder.histogram, tuple(wanted)) == expected
+    assert len(expected) == (len(wanted) if recorded else 0)
