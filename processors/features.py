@@ -195,7 +195,7 @@ def public_session_features(state: UserState, now: int, config: EngineConfig) ->
         "completion_ratio_session": counts[6] / counts[4] if counts[4] else 0.0,
         "genre_affinity": dict(top_genres),
         "last_items": list(state.last_items),
-        "continue_watching": dict(state.continue_watching),
+        "continue_watching": dict(state.continue_watching.items()),
         "device": state.device,
         "local_hour": state.local_hour,
         "churn_risk": state.churn_risk,

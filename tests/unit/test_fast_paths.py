@@ -197,6 +197,8 @@ def test_event_id_window_is_a_bounded_ring_that_survives_checkpoints() -> None:
 
 def test_version_1_checkpoints_are_still_read() -> None:
     raw = UserState("u", dedup_window=4).to_dict() | {"v": 1, "recent_event_ids": ["e1", "e2"]}
+    raw["churn_snapshots"] = []  # versions 1-4 kept them as lists of floats
+    del raw["churn_records"], raw["churn_width"]
     state = UserState.from_dict(raw)
     assert "e1" in state.recent_event_ids and "e3" not in state.recent_event_ids
 

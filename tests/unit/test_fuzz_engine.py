@@ -309,7 +309,7 @@ def test_restart_from_checkpoint_matches_an_uninterrupted_run(
         data = state.to_dict()
         data["pending"] = sorted(data["pending"])
         data.pop("churn_risk")
-        data.pop("churn_snapshots")
+        data.pop("churn_records")
         data.pop("churn_alerted")
         return data
 

@@ -3,6 +3,7 @@ checkpoint version still read."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import random
@@ -40,16 +41,26 @@ def test_version_3_checkpoints_are_read_with_every_value() -> None:
     raw = _v3()
     state = UserState.from_dict(raw)
     data = state.to_dict()
-    assert data["v"] == STATE_VERSION == 4
+    assert data["v"] == STATE_VERSION == 5
     assert data.pop("recent_pages") == [page_key(page) for page in raw.pop("recent_pages")]
+    assert [row.tolist() for row in state.churn_snapshot_rows()] == raw["churn_snapshots"]
+    assert data.pop("churn_width") == len(raw["churn_snapshots"][0])
+    data.pop("churn_records"), raw.pop("churn_snapshots")
     data.pop("v"), raw.pop("v")
-    assert data == raw  # churn snapshots, pending feature rows and evidence exactly
+    assert data == raw  # pending feature rows and evidence exactly
     for page in _v3()["recent_pages"]:
         assert state.page_variant(page) == "personalized"
     assert state.page_variant("rec-0000000000000000") is None
-    # And the version-4 checkpoint of it reads back the same.
+    # And the version-5 checkpoint of it reads back the same.
     again = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
     assert again.to_dict() == state.to_dict()
+
+
+def test_version_4_checkpoints_are_read_with_their_churn_snapshot_lists() -> None:
+    state = UserState.from_dict(_v3())
+    v4 = state.to_dict() | {"v": 4, "churn_snapshots": _v3()["churn_snapshots"]}
+    del v4["churn_records"], v4["churn_width"]
+    assert UserState.from_dict(v4).to_dict() == state.to_dict()
 
 
 def test_version_2_checkpoints_are_read_without_taste_evidence() -> None:
@@ -115,12 +126,41 @@ def test_churn_snapshots_are_kept_exactly() -> None:
             ]
         restored = UserState.from_dict(orjson.loads(orjson.dumps(state.to_dict())))
         assert [r.tolist() for r in restored.churn_snapshot_rows()] == reference
-    odd = UserState("u")  # in memory (JSON has no NaN or infinity)
+    odd = UserState("u")  # the coded records keep what JSON numbers cannot
     odd.add_churn_snapshot([math.nan, 0.0, math.inf, -math.inf], 4)
-    first = odd.churn_snapshot_rows()[0]
-    assert math.isnan(first[0]) and first[1:].tolist() == [0.0, math.inf, -math.inf]
+    for held in (odd, UserState.from_dict(orjson.loads(orjson.dumps(odd.to_dict())))):
+        first = held.churn_snapshot_rows()[0]
+        assert math.isnan(first[0]) and first[1:].tolist() == [0.0, math.inf, -math.inf]
     with pytest.raises(ValueError, match="at most"):
         odd.add_churn_snapshot([1.0] * 53, 4)
+
+
+def test_malformed_churn_records_in_a_checkpoint_are_refused() -> None:
+    """A checkpoint is read from Redis, which others can write: records that are not exactly
+    what the encoder writes (cut short, a stray byte, a mask bit past the width, a wrong
+    width) raise ValueError, which the worker counts as an unreadable state."""
+    state = UserState("u")
+    for step in range(3):
+        state.add_churn_snapshot([1.0, 0.0, 0.25 * step, math.pi, 0.0, 2.0], 4)
+    good = state.to_dict()
+    assert UserState.from_dict(good).churn_snapshot_rows() == state.churn_snapshot_rows()
+    flat = state.churn_snapshots
+    assert flat[0] & 0b10 == 0  # value 1 is 0.0: not kept
+    broken = [
+        flat[:-1],
+        flat + b"\x00",
+        bytes([flat[0] | 0b10]) + flat[1:],  # says value 1 is kept: every code shifts
+        bytes([flat[0] | 0b1000000]) + flat[1:],  # a value past the six
+    ]
+    for records in broken:
+        raw = good | {"churn_records": base64.b64encode(records).decode()}
+        with pytest.raises(ValueError):
+            UserState.from_dict(raw)
+    for width in (5, 0, 53):
+        with pytest.raises(ValueError):
+            UserState.from_dict(good | {"churn_width": width})
+    with pytest.raises(ValueError):
+        UserState.from_dict(good | {"churn_records": "not base64!"})
 
 
 def test_churn_snapshot_values_are_coded_compactly_and_read_back_bit_for_bit() -> None:
