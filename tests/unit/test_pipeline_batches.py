@@ -218,6 +218,8 @@ async def test_one_page_per_user_per_batch_answers_every_trigger_once() -> None:
     assert orjson.loads(store.values["t:page:u1"])["trigger_event_id"] == "u1-2"
     assert pipeline.counters["pages"] == 2
     assert pipeline.page_produced.count == 2, "one in-worker latency per page produced"
+    assert pipeline.batch_wait.count == len(events), "one wait per event of the batch"
+    assert pipeline.batch_wait.percentile_ms(100) <= pipeline.page_produced.percentile_ms(0)
 
 
 async def test_a_duplicate_last_trigger_still_gets_the_deferred_ones_answered() -> None:
