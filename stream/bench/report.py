@@ -62,7 +62,7 @@ def render_table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| insession sustained: {sustained['offered_rate']:,.0f} events/s paced "
                 f"({sustained.get('share_of_drain_rate', 0.9):.0%} of its drain rate, the "
-                "highest share tried that kept up) | | "
+                "highest share tried that kept up; fresh topics and worker) | | "
                 f"| | {_ms(sustained['latency'])} "
                 f"| {_ms(sustained.get('in_worker_page_produced'))} "
                 f"| {_ms(sustained.get('in_worker_processing'))} "
@@ -72,7 +72,9 @@ def render_table(result: dict[str, Any]) -> str:
         behind = [a for a in attempts if not a["kept_up"]]
         if behind:
             tried = ", ".join(
-                f"{a['offered_rate']:,.0f}/s p99 {a['p99_ms']:,.0f} ms" for a in behind
+                f"{a['offered_rate']:,.0f}/s "
+                + (f"p99 {a['p99_ms']:,.0f} ms" if "p99_ms" in a else "no answer")
+                for a in behind
             )
             lines.append(f"| insession fell behind on a paced stream at: {tried} | | | | | | | |")
         lines.append("")

@@ -54,9 +54,10 @@ class BenchOptions:
     drain_events: int = 30_000
     #: Shares of the drain rate tried on a paced stream, highest first, until one keeps up
     #: (`_kept_up`): a backlog drains faster than a paced stream is served (fuller batches
-    #: coalesce more pages), so the drain rate alone overstates what a worker sustains. (On
-    #: the embedded Tansu these phases run on partitions the drain filled, whose fetches are
-    #: slower: BROKER-NOTES.md. The offered-rate ladder runs before the drain.)
+    #: coalesce more pages), so the drain rate alone overstates what a worker sustains. Each
+    #: share runs on fresh topics with a fresh worker (restoring the states and models the
+    #: last one left in Redis): on the embedded Tansu the partitions the drain filled fetch
+    #: slower (BROKER-NOTES.md), which measured the broker, not the worker.
     sustained_shares: tuple[float, ...] = (0.9, 0.75, 0.6, 0.45)
     idle_timeout_s: float = 180.0
     drain_s: float = 15.0
@@ -448,34 +449,47 @@ def _measure_worker(
     except redis.RedisError as error:
         return {"error": f"Redis is not reachable at {options.redis_url}: {error}"}
     prefix = f"bench-{run_id}:"
-    topics = {
-        kind: f"bench-{run_id}-{kind}"
-        for kind in ("events", "catalog", "recommendations", "churn", "dead-letters")
-    }
-    create_topics(bootstrap, dict.fromkeys(topics.values(), options.partitions))
+    catalog_topic = f"bench-{run_id}-catalog"
+
+    def fresh_topics(tag: str) -> dict[str, str]:
+        """The worker's topics, new ones per worker (the catalog is shared), created."""
+        topics = {
+            kind: f"bench-{run_id}{tag}-{kind}"
+            for kind in ("events", "recommendations", "churn", "dead-letters")
+        }
+        create_topics(bootstrap, dict.fromkeys(topics.values(), options.partitions))
+        return topics | {"catalog": catalog_topic}
+
+    def start_worker(tag: str, topics: dict[str, str]) -> SystemProcess:
+        """A worker on ``topics``; every worker of the run shares the Redis prefix, so a later
+        one restores the user states and the models (saved at a graceful stop) of the last."""
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "REDIS_URL": options.redis_url,
+            "INSESSION_REDIS_PREFIX": prefix,
+            "INSESSION_APP_ID": f"bench-{run_id}{tag}-worker",
+            "INSESSION_EVENTS_TOPIC": topics["events"],
+            "INSESSION_CATALOG_TOPIC": topics["catalog"],
+            "INSESSION_RECOMMENDATIONS_TOPIC": topics["recommendations"],
+            "INSESSION_CHURN_TOPIC": topics["churn"],
+            "INSESSION_DEAD_LETTER_TOPIC": topics["dead-letters"],
+            "INSESSION_PARTITIONS": str(options.partitions),
+            "INSESSION_FETCH_MAX_WAIT_MS": str(options.fetch_wait_ms),
+            "INSESSION_PRODUCER_LINGER_MS": str(options.linger_ms),
+            "INSESSION_SNAPSHOT_KEY": f"bench-{run_id}",
+            "INSESSION_LOG_LEVEL": "info",
+        }
+        return start_process(
+            f"worker{tag}", ["-m", "stream.cli", "worker"], log_dir=log_dir, env=env
+        )
+
+    create_topics(bootstrap, {catalog_topic: options.partitions})
+    topics = fresh_topics("")
     producer = _producer(bootstrap, options)
     for item in catalog:
-        producer.produce(
-            topics["catalog"], key=item.item_id.encode(), value=encode_catalog_item(item)
-        )
+        producer.produce(catalog_topic, key=item.item_id.encode(), value=encode_catalog_item(item))
     producer.flush(10)
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "REDIS_URL": options.redis_url,
-        "INSESSION_REDIS_PREFIX": prefix,
-        "INSESSION_APP_ID": f"bench-{run_id}-worker",
-        "INSESSION_EVENTS_TOPIC": topics["events"],
-        "INSESSION_CATALOG_TOPIC": topics["catalog"],
-        "INSESSION_RECOMMENDATIONS_TOPIC": topics["recommendations"],
-        "INSESSION_CHURN_TOPIC": topics["churn"],
-        "INSESSION_DEAD_LETTER_TOPIC": topics["dead-letters"],
-        "INSESSION_PARTITIONS": str(options.partitions),
-        "INSESSION_FETCH_MAX_WAIT_MS": str(options.fetch_wait_ms),
-        "INSESSION_PRODUCER_LINGER_MS": str(options.linger_ms),
-        "INSESSION_SNAPSHOT_KEY": f"bench-{run_id}",
-        "INSESSION_LOG_LEVEL": "info",
-    }
-    worker = start_process("worker", ["-m", "stream.cli", "worker"], log_dir=log_dir, env=env)
+    worker = start_worker("", topics)
     watcher = MetricsWatcher(options.redis_url, f"{prefix}metrics:worker").start()
     deadline = time.monotonic() + 90
     while client.hlen(f"{prefix}catalog") < len(catalog):
@@ -510,25 +524,62 @@ def _measure_worker(
         summary["in_worker_pages"] = later["pages"] - earlier["pages"]
 
     def sustained(runner: PhaseRunner, out: dict[str, Any]) -> None:
-        _sustained(runner, out)
         last = watcher.first_after(time.time_ns() // 1_000_000)
         if last is not None:  # the worker's GC pauses over the whole run (cumulative)
             out["gc_pauses"] = last.get("gc_pauses")
+        worker.stop()  # graceful: its models are saved for the next worker
+        _sustained(runner.next_seq, out)
 
-    def _sustained(runner: PhaseRunner, out: dict[str, Any]) -> None:
+    def _sustained(next_seq: int, out: dict[str, Any]) -> None:
+        """Paced shares of the drain rate, highest first, until one keeps up: each on fresh
+        topics with a fresh worker process, as the rates above (not on the partitions the
+        drain filled, whose fetches are slower on Tansu)."""
         capacity = out["max_throughput"]["events_per_s"]
         attempts: list[dict[str, Any]] = []
         out["sustained_attempts"] = attempts
-        for share in options.sustained_shares:
-            if capacity <= 0 or not runner.wait_idle(options.idle_timeout_s):
+        for attempt, share in enumerate(options.sustained_shares):
+            if capacity <= 0:
                 return
             rate = round(capacity * share, -1)
-            schedule = Schedule(rate=rate, duration_s=options.duration_s, warmup_s=options.warmup_s)
-            begin_ms = time.time_ns() // 1_000_000
-            summary = runner.offered(schedule)
-            on_phase(
-                rate, summary, begin_ms + int(options.warmup_s * 1000), time.time_ns() // 1_000_000
+            tag = f"-s{attempt}"
+            fresh = fresh_topics(tag)
+            process = start_worker(tag, fresh)
+            receiver = OutputReceiver(
+                bootstrap,
+                fresh["recommendations"],
+                options.partitions,
+                id_field=_PAGE_ID_FIELD,
+                run_id=run_id,
+                fetch_wait_ms=options.fetch_wait_ms,
+                coalesced_field=COALESCED_FIELD,
             )
+            receiver.start()
+            runner = PhaseRunner(
+                producer, receiver, fresh["events"], traffic, templates, _triggers_page, run_id
+            )
+            runner.next_seq = next_seq
+            try:
+                try:
+                    runner.wait_ready()
+                except TimeoutError as error:
+                    attempts.append({"offered_rate": rate, "kept_up": False, "error": str(error)})
+                    progress(f"  insession @ {rate:,.0f}/s: {error}\n{process.log_tail()}")
+                    return
+                schedule = Schedule(
+                    rate=rate, duration_s=options.duration_s, warmup_s=options.warmup_s
+                )
+                begin_ms = time.time_ns() // 1_000_000
+                summary = runner.offered(schedule)
+                on_phase(
+                    rate,
+                    summary,
+                    begin_ms + int(options.warmup_s * 1000),
+                    time.time_ns() // 1_000_000,
+                )
+            finally:
+                next_seq = runner.next_seq
+                receiver.stop()
+                process.stop()
             summary["share_of_drain_rate"] = share
             latency = summary["latency"]
             kept_up = _kept_up(summary)
@@ -542,8 +593,8 @@ def _measure_worker(
                 }
             )
             progress(
-                f"  insession @ {rate:,.0f}/s ({share:.0%} of its drain rate): "
-                f"p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms"
+                f"  insession @ {rate:,.0f}/s ({share:.0%} of its drain rate, fresh topics "
+                f"and worker): p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms"
                 f"{'' if kept_up else ' (falls behind)'}"
             )
             if kept_up:
@@ -561,8 +612,8 @@ def _measure_worker(
             run_id,
             topics["events"],
             topics["recommendations"],
-            b'"trigger_event_id":"',
-            lambda template: template.triggers_page,
+            _PAGE_ID_FIELD,
+            _triggers_page,
             progress,
             on_phase,
             sustained,
@@ -573,6 +624,14 @@ def _measure_worker(
         producer.flush(5)
         _delete_prefix(client, prefix)
         client.close()
+
+
+#: Where a page names the event it answers (the receiver matches it to its send time).
+_PAGE_ID_FIELD = b'"trigger_event_id":"'
+
+
+def _triggers_page(template: EventTemplate) -> bool:
+    return template.triggers_page
 
 
 def _delete_topics(bootstrap: str, prefix: str) -> None:
