@@ -17,6 +17,7 @@ from operator import itemgetter
 import numpy as np
 
 from processors.arrangement import ROW_SCORE_TOP, SPREAD_SLOTS, arrange
+from processors.candidates import explore_positions, genre_positions
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import HOLDOUT
@@ -550,11 +551,11 @@ class PageBuilder:
         """
         limit = self.config.explore_per_genre
         items = self.items
-        hits = items.genre_hits[trending_rows] > 0.0
-        # Per genre column, the trending positions of its titles, best first; keep `limit`.
-        keep = hits & (np.cumsum(hits, axis=0) <= limit)
-        chosen = [trending_ids[k] for k in np.flatnonzero(keep.any(axis=1)).tolist()]
-        counts = keep.sum(axis=0).tolist()
+        # Per genre column, the trending positions of its first `limit` titles (one pass).
+        counts = np.zeros(items.genre_hits.shape[1], dtype=np.intp)
+        kept = explore_positions(trending_rows, items.genre_hits, limit, counts)
+        chosen = list(map(trending_ids.__getitem__, kept.tolist()))
+        counts = counts.tolist()
         for genre, column in items.genre_col.items():
             if counts[column] < limit:  # trending lacks this genre: the catalog's first titles
                 chosen.extend(self.catalog.items_in_genre(genre)[:limit])
@@ -574,8 +575,8 @@ class PageBuilder:
         column = self.items.genre_col.get(genre) if trending_rows is not None else None
         if trending_rows is not None:
             if column is not None and len(trending_ids):
-                hits = np.flatnonzero(self.items.genre_hits[trending_rows, column])[:limit]
-                chosen = dict.fromkeys([trending_ids[k] for k in hits.tolist()])
+                hits = genre_positions(trending_rows, self.items.genre_hits, column, limit)
+                chosen = dict.fromkeys(map(trending_ids.__getitem__, hits.tolist()))
         else:
             catalog_get = self.catalog.get
             for item_id in trending_ids:
