@@ -372,7 +372,7 @@ class PageBuilder:
         )
         score_array = self._scores(features)
         arranged, placed_at = self._ordered_rows(plans, item_ids, position, rows, score_array)
-        placed = tuple([item_id for _, items in arranged for item_id, _ in items])
+        placed = tuple(map(item_ids.__getitem__, placed_at.tolist()))
         page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
         return page_rows, placed, features[placed_at].astype(np.float32)
 
@@ -411,20 +411,20 @@ class PageBuilder:
             arranged = self._arrange(plans, score_of, rank_of)
             placed_at = [position[item_id] for _, items in arranged for item_id, _ in items]
             return arranged, np.array(placed_at, dtype=np.intp)
+        id_at = item_ids.__getitem__
         plans.append(
             _RowPlan(
-                "top-picks",
-                "Top picks for you",
-                [item_ids[k] for k in page.top_picks],
-                ordered=True,
+                "top-picks", "Top picks for you", list(map(id_at, page.top_picks)), ordered=True
             )
         )
-        id_at, score_at = item_ids.__getitem__, scores.tolist().__getitem__
-        arranged = [
-            (plans[plan], list(zip(map(id_at, at), map(score_at, at))))  # noqa: B905 (equal)
-            for plan, at in zip(page.plans, page.positions, strict=True)
-        ]
-        return arranged, np.array([k for at in page.positions for k in at], dtype=np.intp)
+        placed = page.placed
+        pairs = list(zip(map(id_at, placed), map(scores.tolist().__getitem__, placed)))  # noqa: B905
+        arranged = []
+        start = 0
+        for plan, length in zip(page.plans, page.lengths, strict=True):
+            arranged.append((plans[plan], pairs[start : start + length]))
+            start += length
+        return arranged, np.array(placed, dtype=np.intp)
 
     def _from_trending(self, trending_ids: list[str]) -> _TrendingDerived:
         """What the page takes from the trending order alone, reused while it stands.
