@@ -12,7 +12,7 @@ import numpy as np
 
 from processors.compiled import kernel
 
-__all__ = ["explore_positions", "genre_positions"]
+__all__ = ["explore_positions", "first_seen", "genre_positions"]
 
 
 @kernel
@@ -58,3 +58,35 @@ def genre_positions(
             out[count] = k
             count += 1
     return out[:count]
+
+
+@kernel
+def first_seen(keys: np.ndarray, slots: np.ndarray, unknown: int) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates of a page from its sources' keys (`ItemTable` rows, one after the
+    other): where each candidate is first seen in ``keys``, and each key's candidate index.
+
+    As merging the sources' ids into one dict in order: a row is an id (two ids never share
+    one), except the sentinel row of every item the table does not know: a key equal to
+    ``unknown`` stops the merge (returns empty arrays) so that the caller can give those
+    items keys of their own. ``slots`` (``-1`` on entry, longer than every key) is left so.
+    """
+    n = keys.shape[0]
+    first = np.empty(n, dtype=np.intp)
+    positions = np.empty(n, dtype=np.intp)
+    count = 0
+    for j in range(n):
+        key = keys[j]
+        if key == unknown:
+            for c in range(count):
+                slots[keys[first[c]]] = -1
+            return first[:0], positions[:0]
+        slot = slots[key]
+        if slot < 0:
+            slot = count
+            slots[key] = count
+            first[count] = j
+            count += 1
+        positions[j] = slot
+    for c in range(count):
+        slots[keys[first[c]]] = -1
+    return first[:count], positions

@@ -17,7 +17,7 @@ from operator import itemgetter
 import numpy as np
 
 from processors.arrangement import ROW_SCORE_TOP, SPREAD_SLOTS, arrange
-from processors.candidates import explore_positions, genre_positions
+from processors.candidates import explore_positions, first_seen, genre_positions
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import HOLDOUT
@@ -154,10 +154,12 @@ class _TrendingDerived:
     ids: list[str]
     catalog_version: int
     rows: np.ndarray
-    #: `PageBuilder._explore_items` of this order, once computed.
+    #: `PageBuilder._explore_items` of this order, once computed, and their table rows.
     explore: list[str] | None = None
-    #: genre → `PageBuilder._genre_items` of this order.
+    explore_rows: np.ndarray | None = None
+    #: genre → `PageBuilder._genre_items` of this order, and their table rows.
     genre_items: dict[str, list[str]] = field(default_factory=dict)
+    genre_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _row_order(plan: _RowPlan) -> tuple[float, str]:
@@ -194,6 +196,9 @@ class PageBuilder:
         self.items = ItemTable()
         self._styled_artworks = StyledArtworks(self.items)
         self._trending_memo: _TrendingDerived | None = None
+        self._newest_memo: tuple[int, int, list[str], np.ndarray] | None = None
+        #: Scratch of `_first_seen`: -1 per key (table row) between pages.
+        self._slots = np.full(0, -1, dtype=np.intp)
 
     # -- features for one item (impression-time fallback) ------------------------------
 
@@ -287,13 +292,18 @@ class PageBuilder:
         self, state: UserState, recommendation_id: str, now: int
     ) -> tuple[tuple[PageRow, ...], tuple[str, ...], np.ndarray]:
         config = self.config
-        # Candidate ids in first-seen order (source order: resume, kNN, trending, new, genres).
-        candidates: dict[str, None] = {}
+        items = self.items
+        items.sync(self.catalog)
+        # The sources' ids and table rows, in source order (resume, kNN, trending, new,
+        # genres, explore): the candidates are their ids in first-seen order.
+        source_ids: list[str] = []
+        source_rows: list[np.ndarray] = []
         plans: list[_RowPlan] = []
 
         if state.continue_watching:
             resume = list(reversed(state.continue_watching))  # most recent first
-            candidates.update(dict.fromkeys(resume))
+            source_ids += resume
+            source_rows.append(items.rows(resume))
             plans.append(_RowPlan("continue-watching", "Continue watching", resume))
 
         knn_max = 0.0
@@ -307,7 +317,8 @@ class PageBuilder:
             if neighbours:
                 knn_max = neighbours[0][1]
                 neighbour_ids = [item_id for item_id, _ in neighbours]
-                candidates.update(dict.fromkeys(neighbour_ids))
+                source_ids += neighbour_ids
+                source_rows.append(items.rows(neighbour_ids))
                 anchor = self.catalog.get(state.last_items[-1])
                 anchor_title = anchor.title if anchor is not None and anchor.title else "this"
                 plans.append(
@@ -317,19 +328,21 @@ class PageBuilder:
                 )
 
         trending_ids = self.trending.top_ids(max(config.trending_candidates * 4, 100))
+        derived = self._from_trending(trending_ids)
+        trending_rows = derived.rows
         trending_row = trending_ids[: config.trending_candidates]
-        candidates.update(dict.fromkeys(trending_row))
+        source_ids += trending_row
+        source_rows.append(trending_rows[: config.trending_candidates])
         plans.append(_RowPlan("trending", "Trending now", trending_row))
 
         if len(trending_ids) < config.row_size:
-            newest = self.catalog.newest(config.trending_candidates)
-            candidates.update(dict.fromkeys(newest))
+            newest, newest_rows = self._newest(config.trending_candidates)
+            newest = list(newest)  # the plan's own list; the memo's stays as it is
+            source_ids += newest
+            source_rows.append(newest_rows)
             plans.append(_RowPlan("new-arrivals", "New arrivals", newest))
 
-        self.items.sync(self.catalog)
         context = self._context(state, now, knn_max)
-        derived = self._from_trending(trending_ids)
-        trending_rows = derived.rows
         # "More <genre>" for the genres this user's own behaviour favours.
         evidence = state.genre_evidence
         top_genres = [
@@ -343,22 +356,29 @@ class PageBuilder:
                 genre_items = derived.genre_items[genre] = self._genre_items(
                     genre, trending_ids, trending_rows
                 )
+                derived.genre_rows[genre] = items.rows(genre_items)
             genre_items = list(genre_items)  # the plan's own list; the memo's stays as it is
-            candidates.update(dict.fromkeys(genre_items))
+            source_ids += genre_items
+            source_rows.append(derived.genre_rows[genre])
             plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
+        planned = len(source_ids)
         # A few of every genre's best: a taste nobody has looked for yet can only be found if
         # its titles can reach the page (the ranker and the top row's genre spread decide).
         if config.explore_per_genre:
             if derived.explore is None:
                 derived.explore = self._explore_items(trending_ids, trending_rows)
-            candidates.update(dict.fromkeys(derived.explore))
+                derived.explore_rows = items.rows(derived.explore)
+            source_ids += derived.explore
+            source_rows.append(derived.explore_rows)
 
-        if not candidates:
+        if not source_ids:
             return (), (), np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
 
-        item_ids = list(candidates)
+        source_keys = np.concatenate(source_rows)
+        first, plan_positions = self._first_seen(source_ids, source_keys)
+        item_ids = list(map(source_ids.__getitem__, first.tolist()))
         position = dict(zip(item_ids, range(len(item_ids)), strict=True))
-        rows = self.items.rows(item_ids)
+        rows = source_keys[first]
         features = rank_feature_matrix(
             state,
             context,
@@ -371,7 +391,9 @@ class PageBuilder:
             self.engagement.item_lifts(item_ids),
         )
         score_array = self._scores(features)
-        arranged, placed_at = self._ordered_rows(plans, item_ids, position, rows, score_array)
+        arranged, placed_at = self._ordered_rows(
+            plans, item_ids, position, rows, score_array, plan_positions[:planned].tolist()
+        )
         placed = tuple(map(item_ids.__getitem__, placed_at.tolist()))
         page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
         return page_rows, placed, features[placed_at].astype(np.float32)
@@ -383,17 +405,25 @@ class PageBuilder:
         position: dict[str, int],
         rows: np.ndarray,
         scores: np.ndarray,
+        plan_positions: list[int] | None = None,
     ) -> tuple[list[tuple[_RowPlan, list[tuple[str, float]]]], np.ndarray]:
         """The candidates' order, "Top picks" and the arranged rows, with the candidate index
         of every placed title (page order), in one compiled pass (`processors.arrangement`);
-        a page whose scores tie takes `_diversified` and `_arrange`, where item ids decide."""
+        a page whose scores tie takes `_diversified` and `_arrange`, where item ids decide.
+
+        ``plan_positions`` are the plans' candidate indices one plan after the other (looked
+        up in ``position`` when not given)."""
         config = self.config
         limit = config.row_size * 2
+        if plan_positions is None:
+            plan_positions = list(
+                map(position.__getitem__, chain.from_iterable(plan.item_ids for plan in plans))
+            )
         page = arrange(
             scores,
             rows,
             self.items,
-            list(map(position.__getitem__, chain.from_iterable(plan.item_ids for plan in plans))),
+            plan_positions,
             [len(plan.item_ids) for plan in plans],
             [plan.ordered for plan in plans],
             [plan.row_id for plan in plans],
@@ -425,6 +455,34 @@ class PageBuilder:
             arranged.append((plans[plan], pairs[start : start + length]))
             start += length
         return arranged, np.array(placed, dtype=np.intp)
+
+    def _first_seen(self, ids: list[str], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`processors.candidates.first_seen` of the sources' ids and table rows (``keys``):
+        each candidate's first index in ``ids``, and each id's candidate index. Items the
+        table does not know share its sentinel row, so they get keys of their own first."""
+        unknown = self.items.unknown_row
+        slots = self._slots
+        if len(slots) <= unknown:
+            slots = self._slots = np.full(2 * unknown + 16, -1, dtype=np.intp)
+        first, positions = first_seen(keys, slots, unknown)
+        if len(positions) == len(keys):
+            return first, positions
+        keys = keys.copy()
+        own: dict[str, int] = {}
+        for at in np.flatnonzero(keys == unknown).tolist():
+            keys[at] = unknown + 1 + own.setdefault(ids[at], len(own))
+        if len(slots) <= unknown + len(own):
+            slots = self._slots = np.full(2 * (unknown + len(own)) + 16, -1, dtype=np.intp)
+        return first_seen(keys, slots, -1)
+
+    def _newest(self, n: int) -> tuple[list[str], np.ndarray]:
+        """``Catalog.newest(n)`` and the items' table rows, remembered per catalog version."""
+        memo = self._newest_memo
+        version = self.catalog.version
+        if memo is None or memo[0] != version or memo[1] != n:
+            newest = self.catalog.newest(n)
+            memo = self._newest_memo = (version, n, newest, self.items.rows(newest))
+        return memo[2], memo[3]
 
     def _from_trending(self, trending_ids: list[str]) -> _TrendingDerived:
         """What the page takes from the trending order alone, reused while it stands.
