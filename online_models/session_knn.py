@@ -15,6 +15,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import chain
+from operator import lt
 from typing import Any
 
 import numpy as np
@@ -884,12 +885,15 @@ class SessionKNN:
         """Best ``n`` of the items `_best` kept (with their negated scores, best first), ties to
         the smaller item id string."""
         key_of = self._item_key_of
-        ranked = sorted(
-            zip(negated.tolist(), map(key_of.__getitem__, items.tolist()), strict=True)
-        )[:n]
-        if not ranked:
+        values = negated.tolist()
+        if not values:
             return []
-        top = -ranked[0][0] if self.normalize else 1.0
+        if all(map(lt, values, values[1:])):  # no ties (nor NaN): already in order
+            ranked = zip(values[:n], map(key_of.__getitem__, items[:n].tolist()))  # noqa: B905
+        else:
+            ranked = sorted(zip(values, map(key_of.__getitem__, items.tolist()), strict=True))[:n]
+            values = [ranked[0][0]]
+        top = -values[0] if self.normalize else 1.0
         return [(item_id, -neg / top) for neg, item_id in ranked]
 
     # ------------------------------------------------------------------ snapshots
