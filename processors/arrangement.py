@@ -86,7 +86,7 @@ def arrange(
     scores: np.ndarray,
     table_rows: np.ndarray,
     table: ItemTable,
-    plan_positions: Sequence[int],
+    plan_positions: Sequence[int] | np.ndarray,
     plan_sizes: Sequence[int],
     plan_ordered: Sequence[bool],
     row_ids: Sequence[str],
@@ -115,7 +115,7 @@ def arrange(
         table.id_length,
         table.genre_hits,
         table.genre_count,
-        np.array(plan_positions, dtype=np.intp),
+        np.asarray(plan_positions, dtype=np.intp),  # read only
         np.array([*plan_sizes, *plan_ordered], dtype=np.intp),
         _id_rank(row_ids),
         float(genre_diversity),

@@ -61,25 +61,27 @@ def genre_positions(
 
 
 @kernel
-def first_seen(keys: np.ndarray, slots: np.ndarray, unknown: int) -> tuple[np.ndarray, np.ndarray]:
+def first_seen(
+    keys: np.ndarray, slots: np.ndarray, unknown: int, first: np.ndarray, positions: np.ndarray
+) -> int:  # pragma: no cover - compiled (tests compare it with merging ids in a dict)
     """The candidates of a page from its sources' keys (`ItemTable` rows, one after the
-    other): where each candidate is first seen in ``keys``, and each key's candidate index.
+    other): ``first`` gets where each candidate is first seen in ``keys`` and ``positions``
+    each key's candidate index; returns the number of candidates.
 
     As merging the sources' ids into one dict in order: a row is an id (two ids never share
     one), except the sentinel row of every item the table does not know: a key equal to
-    ``unknown`` stops the merge (returns empty arrays) so that the caller can give those
-    items keys of their own. ``slots`` (``-1`` on entry, longer than every key) is left so.
+    ``unknown`` stops the merge (returns -1) so that the caller can give those items keys of
+    their own. ``slots`` (``-1`` on entry, longer than every key) is left so; the outputs are
+    the caller's buffers (as long as ``keys`` at least): returning arrays costs more than
+    the merge.
     """
-    n = keys.shape[0]
-    first = np.empty(n, dtype=np.intp)
-    positions = np.empty(n, dtype=np.intp)
     count = 0
-    for j in range(n):
+    for j in range(keys.shape[0]):
         key = keys[j]
         if key == unknown:
             for c in range(count):
                 slots[keys[first[c]]] = -1
-            return first[:0], positions[:0]
+            return -1
         slot = slots[key]
         if slot < 0:
             slot = count
@@ -89,4 +91,4 @@ def first_seen(keys: np.ndarray, slots: np.ndarray, unknown: int) -> tuple[np.nd
         positions[j] = slot
     for c in range(count):
         slots[keys[first[c]]] = -1
-    return first[:count], positions
+    return count

@@ -199,6 +199,8 @@ class PageBuilder:
         self._newest_memo: tuple[int, int, list[str], np.ndarray] | None = None
         #: Scratch of `_first_seen`: -1 per key (table row) between pages.
         self._slots = np.full(0, -1, dtype=np.intp)
+        self._first_buffer = np.empty(0, dtype=np.intp)
+        self._positions_buffer = np.empty(0, dtype=np.intp)
 
     # -- features for one item (impression-time fallback) ------------------------------
 
@@ -392,7 +394,7 @@ class PageBuilder:
         )
         score_array = self._scores(features)
         arranged, placed_at = self._ordered_rows(
-            plans, item_ids, position, rows, score_array, plan_positions[:planned].tolist()
+            plans, item_ids, position, rows, score_array, plan_positions[:planned]
         )
         placed = tuple(map(item_ids.__getitem__, placed_at.tolist()))
         page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
@@ -405,7 +407,7 @@ class PageBuilder:
         position: dict[str, int],
         rows: np.ndarray,
         scores: np.ndarray,
-        plan_positions: list[int] | None = None,
+        plan_positions: Sequence[int] | np.ndarray | None = None,
     ) -> tuple[list[tuple[_RowPlan, list[tuple[str, float]]]], np.ndarray]:
         """The candidates' order, "Top picks" and the arranged rows, with the candidate index
         of every placed title (page order), in one compiled pass (`processors.arrangement`);
@@ -458,22 +460,29 @@ class PageBuilder:
 
     def _first_seen(self, ids: list[str], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`processors.candidates.first_seen` of the sources' ids and table rows (``keys``):
-        each candidate's first index in ``ids``, and each id's candidate index. Items the
-        table does not know share its sentinel row, so they get keys of their own first."""
+        each candidate's first index in ``ids``, and each id's candidate index (views of
+        buffers the next page reuses). Items the table does not know share its sentinel
+        row, so they get keys of their own first."""
         unknown = self.items.unknown_row
         slots = self._slots
         if len(slots) <= unknown:
             slots = self._slots = np.full(2 * unknown + 16, -1, dtype=np.intp)
-        first, positions = first_seen(keys, slots, unknown)
-        if len(positions) == len(keys):
-            return first, positions
-        keys = keys.copy()
-        own: dict[str, int] = {}
-        for at in np.flatnonzero(keys == unknown).tolist():
-            keys[at] = unknown + 1 + own.setdefault(ids[at], len(own))
-        if len(slots) <= unknown + len(own):
-            slots = self._slots = np.full(2 * (unknown + len(own)) + 16, -1, dtype=np.intp)
-        return first_seen(keys, slots, -1)
+        size = len(keys)
+        first, positions = self._first_buffer, self._positions_buffer
+        if len(first) < size:
+            first = self._first_buffer = np.empty(2 * size, dtype=np.intp)
+            positions = self._positions_buffer = np.empty(2 * size, dtype=np.intp)
+        count = first_seen(keys, slots, unknown, first, positions)
+        if count < 0:
+            keys = keys.copy()
+            own: dict[str, int] = {}
+            for at in np.flatnonzero(keys == unknown).tolist():
+                keys[at] = unknown + 1 + own.setdefault(ids[at], len(own))
+            if len(slots) <= unknown + len(own):
+                slots = self._slots = np.full(2 * (unknown + len(own)) + 16, -1, dtype=np.intp)
+            count = first_seen(keys, slots, -1, first, positions)
+        # Views of buffers reused by the next page: read before it.
+        return first[:count], positions[:size]
 
     def _newest(self, n: int) -> tuple[list[str], np.ndarray]:
         """``Catalog.newest(n)`` and the items' table rows, remembered per catalog version."""
