@@ -305,7 +305,6 @@ class PageBuilder:
         if state.continue_watching:
             resume = list(reversed(state.continue_watching))  # most recent first
             source_ids += resume
-            source_rows.append(items.rows(resume))
             plans.append(_RowPlan("continue-watching", "Continue watching", resume))
 
         knn_max = 0.0
@@ -320,7 +319,6 @@ class PageBuilder:
                 knn_max = neighbours[0][1]
                 neighbour_ids = [item_id for item_id, _ in neighbours]
                 source_ids += neighbour_ids
-                source_rows.append(items.rows(neighbour_ids))
                 anchor = self.catalog.get(state.last_items[-1])
                 anchor_title = anchor.title if anchor is not None and anchor.title else "this"
                 plans.append(
@@ -328,6 +326,9 @@ class PageBuilder:
                         "because-you-watched", f"Because you watched {anchor_title}", neighbour_ids
                     )
                 )
+
+        if source_ids:  # the resume and kNN ids' rows: one lookup
+            source_rows.append(items.rows(source_ids))
 
         trending_ids = self.trending.top_ids(max(config.trending_candidates * 4, 100))
         derived = self._from_trending(trending_ids)
