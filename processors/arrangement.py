@@ -198,28 +198,36 @@ def _arrange_kernel(
                 q -= 1
             order[q] = moving
         begin = end
-    rank = np.empty(n, dtype=np.intp)
-    for r in range(n):
-        rank[order[r]] = r
 
     # 2. "Top picks": the best titles with genres spread over the first slots.
     n_top = _spread(scores, order, table_rows, genre_hits, genre_count, genre_diversity, top_picks)
 
     # 3. Rows, greedily: the plan whose best three unplaced titles score highest goes next.
-    offsets = np.zeros(n_plans + 1, dtype=np.intp)
-    for p in range(n_plans):
-        offsets[p + 1] = offsets[p] + sizes[p]
     total_plans = n_plans + 1  # the top picks last
     items = np.empty(flat.shape[0] + n_top, dtype=np.intp)
     starts = np.empty(total_plans + 1, dtype=np.intp)
     starts[0] = 0
+    # How many times each candidate is in the plan at hand (zero between plans): a plan's
+    # items by rank are the (-score, item_id) order filtered by it, with no sort or array
+    # per plan (ranks are unique, so this is the order any sort by rank gives).
+    times = np.zeros(n, dtype=np.intp)
     for p in range(n_plans):
-        begin, end = offsets[p], offsets[p + 1]
-        segment = flat[begin:end]
+        begin = starts[p]
+        end = begin + sizes[p]
         if ordered[p] != 0:
-            items[begin:end] = segment
-        else:  # by rank: ranks are unique, so any sort gives the Python order
-            items[begin:end] = segment[np.argsort(rank[segment])]
+            items[begin:end] = flat[begin:end]
+        else:
+            for index in range(begin, end):
+                times[flat[index]] += 1
+            written = begin
+            r = 0
+            while written < end:
+                k = order[r]
+                while times[k] > 0:
+                    items[written] = k
+                    written += 1
+                    times[k] -= 1
+                r += 1
         starts[p + 1] = end
     items[flat.shape[0] : flat.shape[0] + n_top] = top_picks[:n_top]
     starts[total_plans] = flat.shape[0] + n_top
