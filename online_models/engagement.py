@@ -158,15 +158,17 @@ class EngagementRates:
         base = self.click_rate
         strength = self.strength
         prior = strength * base
-        get = self._items.get
-        # Rates in a list, then one array: a numpy scalar store per title cost more.
-        rates = [
-            base
-            if (counts := get(item_id)) is None
-            else (counts[0] + prior) / (counts[1] + strength)
-            for item_id in item_ids
-        ]
-        return np.log(np.array(rates, dtype=np.float64) / base)
+        # Rates in a list, then one array: a numpy scalar store per title cost more; the
+        # lookups run in C (map), the division and log in place.
+        rates = np.array(
+            [
+                base if counts is None else (counts[0] + prior) / (counts[1] + strength)
+                for counts in map(self._items.get, item_ids)
+            ],
+            dtype=np.float64,
+        )
+        rates /= base
+        return np.log(rates, out=rates)
 
     # -- state -----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import chain
+from operator import lt
 from typing import Any
 
 import numpy as np
@@ -146,8 +147,12 @@ def _query(
     negative_idf_weighting: float,
     idf_base: float,
     n: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The items worth ranking for one query (see `_best`) and their negated final scores.
+    out_items: np.ndarray,
+    out_negated: np.ndarray,
+) -> int:
+    """The items worth ranking for one query (see `_best`) and their negated final scores,
+    written to ``out_items`` and ``out_negated`` (one entry per interned item at least:
+    returning two arrays cost more than a small query); returns how many.
 
     ``holders`` are the sessions holding each weighted query item (``sizes`` of them per item,
     items most recent first), ``weights`` each item's (position weight, step weight). The
@@ -175,7 +180,7 @@ def _query(
         in_query[iid] = False
     if negative_idf_weighting:
         _idf_boost(items, scores, log_clicks, negative_idf_weighting, idf_base)
-    return _best(items, scores, n)
+    return _best(items, scores, n, out_items, out_negated)
 
 
 @kernel(called_by_kernels_only=True)
@@ -334,9 +339,12 @@ def _idf_boost(
 
 
 @kernel(called_by_kernels_only=True)
-def _best(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _best(
+    items: np.ndarray, scores: np.ndarray, n: int, out_items: np.ndarray, out_negated: np.ndarray
+) -> int:
     """The items scoring at least the ``n``-th best score, and positive (the ``n`` best and
-    those tied with the last of them), and their negated scores, best first.
+    those tied with the last of them), and their negated scores, best first, written to
+    ``out_items`` and ``out_negated``; returns how many.
 
     Ties are left in any order for the caller to break by item id string: sorting
     ``(negated score, item id)`` pairs that are already in score order is a single pass.
@@ -347,7 +355,10 @@ def _best(items: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np
     best = np.flatnonzero(scores >= threshold)
     negated = -scores[best]
     order = np.argsort(negated)
-    return items[best][order], negated[order]
+    count = len(order)
+    out_items[:count] = items[best][order]
+    out_negated[:count] = negated[order]
+    return count
 
 
 class SessionKNN:
@@ -551,6 +562,9 @@ class SessionKNN:
         self._first = np.zeros(0, dtype=np.int64)  # by slot: first query item shared
         self._score = np.zeros(0, dtype=np.float64)  # by item
         self._seen = np.zeros(0, dtype=np.bool_)  # by item: already scored in this query
+        # A query's answer (`_query` writes it): one entry per interned item at most.
+        self._out_items = np.zeros(0, dtype=np.int64)
+        self._out_negated = np.zeros(0, dtype=np.float64)
         self._in_query = np.zeros(0, dtype=np.bool_)  # by item
 
     # ------------------------------------------------------------------ index updates
@@ -825,7 +839,11 @@ class SessionKNN:
         excluded = -1
         if exclude_session is not None:
             excluded = self._slot_of.get(exclude_session, -1)
-        items, negated = _query(
+        if len(self._out_items) < len(self._score):
+            self._out_items = np.empty(len(self._score), dtype=np.int64)
+            self._out_negated = np.empty(len(self._score), dtype=np.float64)
+        items, negated = self._out_items, self._out_negated
+        count = _query(
             holders,
             sizes,
             weights,
@@ -850,8 +868,10 @@ class SessionKNN:
             -self.idf_weighting,
             1.0 + self.idf_weighting * math.log(len(self._ts_of)),
             n,
+            items,
+            negated,
         )
-        return self._top(items, negated, n)
+        return self._top(items[:count], negated[:count], n)
 
     def _query_items(
         self, last_position: dict[int, int], length: int, distinct: int
@@ -884,12 +904,15 @@ class SessionKNN:
         """Best ``n`` of the items `_best` kept (with their negated scores, best first), ties to
         the smaller item id string."""
         key_of = self._item_key_of
-        ranked = sorted(
-            zip(negated.tolist(), map(key_of.__getitem__, items.tolist()), strict=True)
-        )[:n]
-        if not ranked:
+        values = negated.tolist()
+        if not values:
             return []
-        top = -ranked[0][0] if self.normalize else 1.0
+        if all(map(lt, values, values[1:])):  # no ties (nor NaN): already in order
+            ranked = zip(values[:n], map(key_of.__getitem__, items[:n].tolist()))  # noqa: B905
+        else:
+            ranked = sorted(zip(values, map(key_of.__getitem__, items.tolist()), strict=True))[:n]
+            values = [ranked[0][0]]
+        top = -values[0] if self.normalize else 1.0
         return [(item_id, -neg / top) for neg, item_id in ranked]
 
     # ------------------------------------------------------------------ snapshots

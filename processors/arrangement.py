@@ -38,22 +38,55 @@ _TIED = -1
 class ArrangedPage:
     """The kernel's answer: the rows as plan indices, and each row's candidate indices."""
 
-    __slots__ = ("plans", "positions", "top_picks")
+    __slots__ = ("lengths", "placed", "plans", "top_picks")
 
-    def __init__(self, plans: list[int], positions: list[list[int]], top_picks: list[int]) -> None:
+    def __init__(
+        self, plans: list[int], lengths: list[int], placed: list[int], top_picks: list[int]
+    ) -> None:
         #: Index into the caller's plans of each row, in page order ("Top picks" is the last).
         self.plans = plans
-        #: Candidate indices of each row's titles, in display order.
-        self.positions = positions
+        #: How many titles each row shows.
+        self.lengths = lengths
+        #: Candidate indices of every placed title, row after row, in display order.
+        self.placed = placed
         #: Candidate indices of the "Top picks" plan (before placement).
         self.top_picks = top_picks
+
+    @property
+    def positions(self) -> list[list[int]]:
+        """Candidate indices of each row's titles, in display order."""
+        rows = []
+        start = 0
+        for length in self.lengths:
+            rows.append(self.placed[start : start + length])
+            start += length
+        return rows
+
+
+#: A page's row ids (top picks last) → each row's rank among them; pages repeat a few
+#: combinations (the genre rows vary), so the sort of the ids is done once per combination.
+_ID_RANKS: dict[tuple[str, ...], np.ndarray] = {}
+_MAX_ID_RANKS = 4096
+
+
+def _id_rank(row_ids: Sequence[str]) -> np.ndarray:
+    """Each row's rank among the row ids and "top-picks" (ties between row scores)."""
+    key = (*row_ids, "top-picks")
+    id_rank = _ID_RANKS.get(key)
+    if id_rank is None:
+        id_rank = np.empty(len(key), dtype=np.intp)
+        id_rank[sorted(range(len(key)), key=key.__getitem__)] = np.arange(len(key))
+        if len(_ID_RANKS) >= _MAX_ID_RANKS:
+            _ID_RANKS.clear()
+        _ID_RANKS[key] = id_rank
+    return id_rank
 
 
 def arrange(
     scores: np.ndarray,
     table_rows: np.ndarray,
     table: ItemTable,
-    plan_positions: Sequence[int],
+    plan_positions: Sequence[int] | np.ndarray,
     plan_sizes: Sequence[int],
     plan_ordered: Sequence[bool],
     row_ids: Sequence[str],
@@ -73,14 +106,8 @@ def arrange(
     ``table_rows`` are the candidates' rows in ``table`` (their ids' order for ties, their
     genres for the spread).
     """
-    # A row's rank among the row ids (top picks included), for ties between row scores.
-    ids = [*row_ids, "top-picks"]
-    id_rank = np.empty(len(ids), dtype=np.intp)
-    id_rank[sorted(range(len(ids)), key=ids.__getitem__)] = np.arange(len(ids))
-    out_plans = np.empty(page_rows, dtype=np.intp)
-    out_lengths = np.zeros(page_rows, dtype=np.intp)
-    out_positions = np.empty(page_rows * row_size, dtype=np.intp)
-    top_picks = np.empty(top_picks_limit, dtype=np.intp)
+    # One output buffer: row plans, row lengths, placed candidates, top picks.
+    out = np.empty(2 * page_rows + page_rows * row_size + top_picks_limit, dtype=np.intp)
     status = _arrange_kernel(
         np.asarray(scores, dtype=np.float64),
         table_rows,
@@ -88,27 +115,28 @@ def arrange(
         table.id_length,
         table.genre_hits,
         table.genre_count,
-        np.array(plan_positions, dtype=np.intp),
-        np.array(plan_sizes, dtype=np.intp),
-        np.array(plan_ordered, dtype=np.bool_),
-        id_rank,
+        np.asarray(plan_positions, dtype=np.intp),  # read only
+        np.array([*plan_sizes, *plan_ordered], dtype=np.intp),
+        _id_rank(row_ids),
         float(genre_diversity),
-        top_picks,
+        top_picks_limit,
+        page_rows,
         row_size,
-        out_plans,
-        out_lengths,
-        out_positions,
+        out,
     )
     if status == _TIED:
         return None
     n_top, n_rows = divmod(status, page_rows + 1)
-    placed = out_positions.tolist()
-    rows = []
-    start = 0
-    for length in out_lengths[:n_rows].tolist():
-        rows.append(placed[start : start + length])
-        start += length
-    return ArrangedPage(out_plans[:n_rows].tolist(), rows, top_picks[:n_top].tolist())
+    values = out.tolist()
+    lengths = values[page_rows : page_rows + n_rows]
+    placed_from = 2 * page_rows
+    top_from = placed_from + page_rows * row_size
+    return ArrangedPage(
+        values[:n_rows],
+        lengths,
+        values[placed_from : placed_from + sum(lengths)],
+        values[top_from : top_from + n_top],
+    )
 
 
 @kernel
@@ -120,17 +148,28 @@ def _arrange_kernel(
     genre_hits: np.ndarray,
     genre_count: np.ndarray,
     flat: np.ndarray,
-    sizes: np.ndarray,
-    ordered: np.ndarray,
+    plan_info: np.ndarray,
     id_rank: np.ndarray,
     genre_diversity: float,
-    top_picks: np.ndarray,
+    top_picks_limit: int,
+    page_rows: int,
     row_size: int,
-    out_plans: np.ndarray,
-    out_lengths: np.ndarray,
-    out_positions: np.ndarray,
+    out: np.ndarray,
 ) -> int:  # pragma: no cover - compiled (tests compare it with the Python path)
-    """The three steps; returns ``n_top * (page_rows + 1) + n_rows``, or `_TIED`."""
+    """The three steps; returns ``n_top * (page_rows + 1) + n_rows``, or `_TIED`.
+
+    ``plan_info`` holds the plans' sizes, then their "already ordered" flags; ``out`` gets
+    the rows' plans (``page_rows``), lengths (``page_rows``), placed candidates
+    (``page_rows * row_size``) and the top picks (``top_picks_limit``).
+    """
+    n_plans = plan_info.shape[0] // 2
+    sizes = plan_info[:n_plans]
+    ordered = plan_info[n_plans:]
+    out_plans = out[:page_rows]
+    out_lengths = out[page_rows : 2 * page_rows]
+    out_lengths[:] = 0
+    out_positions = out[2 * page_rows : 2 * page_rows + page_rows * row_size]
+    top_picks = out[2 * page_rows + page_rows * row_size :]
     n = scores.shape[0]
     # 1. (-score, item_id) order: a stable sort of the negated scores, then each run of
     # equal scores by id key (insertion sort: runs are short).
@@ -159,29 +198,36 @@ def _arrange_kernel(
                 q -= 1
             order[q] = moving
         begin = end
-    rank = np.empty(n, dtype=np.intp)
-    for r in range(n):
-        rank[order[r]] = r
 
     # 2. "Top picks": the best titles with genres spread over the first slots.
     n_top = _spread(scores, order, table_rows, genre_hits, genre_count, genre_diversity, top_picks)
 
     # 3. Rows, greedily: the plan whose best three unplaced titles score highest goes next.
-    n_plans = sizes.shape[0]
-    offsets = np.zeros(n_plans + 1, dtype=np.intp)
-    for p in range(n_plans):
-        offsets[p + 1] = offsets[p] + sizes[p]
     total_plans = n_plans + 1  # the top picks last
     items = np.empty(flat.shape[0] + n_top, dtype=np.intp)
     starts = np.empty(total_plans + 1, dtype=np.intp)
     starts[0] = 0
+    # How many times each candidate is in the plan at hand (zero between plans): a plan's
+    # items by rank are the (-score, item_id) order filtered by it, with no sort or array
+    # per plan (ranks are unique, so this is the order any sort by rank gives).
+    times = np.zeros(n, dtype=np.intp)
     for p in range(n_plans):
-        begin, end = offsets[p], offsets[p + 1]
-        segment = flat[begin:end]
-        if ordered[p]:
-            items[begin:end] = segment
-        else:  # by rank: ranks are unique, so any sort gives the Python order
-            items[begin:end] = segment[np.argsort(rank[segment])]
+        begin = starts[p]
+        end = begin + sizes[p]
+        if ordered[p] != 0:
+            items[begin:end] = flat[begin:end]
+        else:
+            for index in range(begin, end):
+                times[flat[index]] += 1
+            written = begin
+            r = 0
+            while written < end:
+                k = order[r]
+                while times[k] > 0:
+                    items[written] = k
+                    written += 1
+                    times[k] -= 1
+                r += 1
         starts[p + 1] = end
     items[flat.shape[0] : flat.shape[0] + n_top] = top_picks[:n_top]
     starts[total_plans] = flat.shape[0] + n_top
@@ -189,7 +235,6 @@ def _arrange_kernel(
     remaining = np.zeros(total_plans, dtype=np.bool_)
     for p in range(total_plans):
         remaining[p] = starts[p + 1] > starts[p]
-    page_rows = out_plans.shape[0]
     n_rows = 0
     written = 0
     while n_rows < page_rows:

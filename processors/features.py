@@ -446,25 +446,26 @@ class ItemTable:
 
     def affinity_vector(self, affinity: Mapping[str, float]) -> np.ndarray:
         """Genre affinities by genre column (genres no item has are irrelevant and dropped)."""
-        vector = np.zeros(self.genre_hits.shape[1])
+        # A list, then one array: a numpy scalar store per genre cost more.
+        vector = [0.0] * self.genre_hits.shape[1]
         col = self.genre_col.get
         for genre, weight in affinity.items():
             index = col(genre)
             if index is not None:
                 vector[index] = weight
-        return vector
+        return np.array(vector, dtype=np.float64)
 
     def style_vector(self, values: Mapping[str, float], absent: float = 0.0) -> np.ndarray:
         """``values`` by `style_col`, ``absent`` for styles without one, and a last entry of
         -inf that `style_idx`'s padding (-1) picks, so a row's max ignores missing artworks."""
-        vector = np.full(len(self.style_col) + 1, absent)
-        vector[-1] = -np.inf
+        vector = [absent] * len(self.style_col)
+        vector.append(-math.inf)
         col = self.style_col.get
         for style, value in values.items():
             index = col(style)
             if index is not None:
                 vector[index] = value
-        return vector
+        return np.array(vector, dtype=np.float64)
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -621,15 +622,13 @@ def rank_feature_matrix(
         table.style_vector(context.style_lift),
         np.zeros(n) if item_lifts is None else np.asarray(item_lifts, dtype=np.float64),
         np.asarray(trending_scores, dtype=np.float64),
-        np.array(knn_at, dtype=np.intp),
-        np.array(knn_scores, dtype=np.float64),
+        len(knn_at),
         float(context.knn_max),
-        np.array(resume_at, dtype=np.intp),
-        np.array(resume, dtype=np.float64),
-        np.array(exposed_at, dtype=np.intp),
-        np.array(impressions, dtype=np.float64),
-        np.array(scroll_pasts, dtype=np.float64),
-        np.array(clicked_at, dtype=np.intp),
+        len(resume_at),
+        len(exposed_at),
+        # The sparse signals' candidate indices and values, one array each (see the kernel).
+        np.array(knn_at + resume_at + exposed_at + clicked_at, dtype=np.intp),
+        np.array(knn_scores + resume + impressions + scroll_pasts, dtype=np.float64),
         bool(context.device_is_mobile),
         float(context.click_logit),
     )
@@ -651,15 +650,12 @@ def _fill_rank_features(
     style_lift: np.ndarray,
     item_lifts: np.ndarray,
     trending_scores: np.ndarray,
-    knn_at: np.ndarray,
-    knn_scores: np.ndarray,
+    n_knn: int,
     knn_max: float,
-    resume_at: np.ndarray,
-    resume: np.ndarray,
-    exposed_at: np.ndarray,
-    impressions: np.ndarray,
-    scroll_pasts: np.ndarray,
-    clicked_at: np.ndarray,
+    n_resume: int,
+    n_exposed: int,
+    sparse_at: np.ndarray,
+    sparse_values: np.ndarray,
     device_is_mobile: bool,
     click_logit: float,
 ) -> None:  # pragma: no cover - compiled (tests compare it with rank_features)
@@ -667,9 +663,11 @@ def _fill_rank_features(
 
     ``genre_lift``/``affinity`` are by genre column, ``style_lift`` by style column with a
     last -inf entry that the style padding (-1) reads; the sparse per-title signals come as
-    candidate indices and values. ``math.tanh``/``math.log1p`` are the C library's, as in
-    `rank_features`; sums run over genre columns in order, adding exact zeros for the
-    genres an item lacks.
+    candidate indices (``sparse_at``: ``n_knn`` kNN candidates, ``n_resume`` resumable
+    titles, ``n_exposed`` titles shown this session, then the clicked ones) and values
+    (``sparse_values``: the kNN scores, resume progress, impressions, then scroll-pasts).
+    ``math.tanh``/``math.log1p`` are the C library's, as in `rank_features`; sums run over
+    genre columns in order, adding exact zeros for the genres an item lacks.
     """
     n_genres = genre_hits.shape[1]
     n_styles = style_idx.shape[1]
@@ -698,18 +696,23 @@ def _fill_rank_features(
         if device_is_mobile:
             features[k, 11] = duration_log[row]
         features[k, 12] = unknown[row]
-    for j in range(knn_at.shape[0]):
-        features[knn_at[j], 4] = knn_scores[j] / knn_max
-        features[knn_at[j], 5] = 1.0 if knn_scores[j] > 0 else 0.0
-    for j in range(resume_at.shape[0]):
-        features[resume_at[j], 7] = resume[j]
-    for j in range(exposed_at.shape[0]):
-        if impressions[j]:
-            features[exposed_at[j], 8] = math.log1p(impressions[j])
-        if scroll_pasts[j]:
-            features[exposed_at[j], 9] = math.log1p(scroll_pasts[j])
-    for j in range(clicked_at.shape[0]):
-        features[clicked_at[j], 10] = 1.0
+    for j in range(n_knn):
+        score = sparse_values[j]
+        features[sparse_at[j], 4] = score / knn_max
+        features[sparse_at[j], 5] = 1.0 if score > 0 else 0.0
+    for j in range(n_knn, n_knn + n_resume):
+        features[sparse_at[j], 7] = sparse_values[j]
+    first = n_knn + n_resume
+    for j in range(n_exposed):
+        k = sparse_at[first + j]
+        impressions = sparse_values[first + j]
+        scroll_pasts = sparse_values[first + n_exposed + j]
+        if impressions:
+            features[k, 8] = math.log1p(impressions)
+        if scroll_pasts:
+            features[k, 9] = math.log1p(scroll_pasts)
+    for j in range(first + n_exposed, sparse_at.shape[0]):
+        features[sparse_at[j], 10] = 1.0
     for k in range(rows.shape[0]):
         # click_model_logit, in its order of additions
         features[k, 13] = (

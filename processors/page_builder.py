@@ -17,6 +17,7 @@ from operator import itemgetter
 import numpy as np
 
 from processors.arrangement import ROW_SCORE_TOP, SPREAD_SLOTS, arrange
+from processors.candidates import explore_positions, first_seen, genre_positions
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import HOLDOUT
@@ -153,10 +154,12 @@ class _TrendingDerived:
     ids: list[str]
     catalog_version: int
     rows: np.ndarray
-    #: `PageBuilder._explore_items` of this order, once computed.
+    #: `PageBuilder._explore_items` of this order, once computed, and their table rows.
     explore: list[str] | None = None
-    #: genre → `PageBuilder._genre_items` of this order.
+    explore_rows: np.ndarray | None = None
+    #: genre → `PageBuilder._genre_items` of this order, and their table rows.
     genre_items: dict[str, list[str]] = field(default_factory=dict)
+    genre_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _row_order(plan: _RowPlan) -> tuple[float, str]:
@@ -193,6 +196,11 @@ class PageBuilder:
         self.items = ItemTable()
         self._styled_artworks = StyledArtworks(self.items)
         self._trending_memo: _TrendingDerived | None = None
+        self._newest_memo: tuple[int, int, list[str], np.ndarray] | None = None
+        #: Scratch of `_first_seen`: -1 per key (table row) between pages.
+        self._slots = np.full(0, -1, dtype=np.intp)
+        self._first_buffer = np.empty(0, dtype=np.intp)
+        self._positions_buffer = np.empty(0, dtype=np.intp)
 
     # -- features for one item (impression-time fallback) ------------------------------
 
@@ -286,13 +294,17 @@ class PageBuilder:
         self, state: UserState, recommendation_id: str, now: int
     ) -> tuple[tuple[PageRow, ...], tuple[str, ...], np.ndarray]:
         config = self.config
-        # Candidate ids in first-seen order (source order: resume, kNN, trending, new, genres).
-        candidates: dict[str, None] = {}
+        items = self.items
+        items.sync(self.catalog)
+        # The sources' ids and table rows, in source order (resume, kNN, trending, new,
+        # genres, explore): the candidates are their ids in first-seen order.
+        source_ids: list[str] = []
+        source_rows: list[np.ndarray] = []
         plans: list[_RowPlan] = []
 
         if state.continue_watching:
             resume = list(reversed(state.continue_watching))  # most recent first
-            candidates.update(dict.fromkeys(resume))
+            source_ids += resume
             plans.append(_RowPlan("continue-watching", "Continue watching", resume))
 
         knn_max = 0.0
@@ -306,7 +318,7 @@ class PageBuilder:
             if neighbours:
                 knn_max = neighbours[0][1]
                 neighbour_ids = [item_id for item_id, _ in neighbours]
-                candidates.update(dict.fromkeys(neighbour_ids))
+                source_ids += neighbour_ids
                 anchor = self.catalog.get(state.last_items[-1])
                 anchor_title = anchor.title if anchor is not None and anchor.title else "this"
                 plans.append(
@@ -315,20 +327,25 @@ class PageBuilder:
                     )
                 )
 
+        if source_ids:  # the resume and kNN ids' rows: one lookup
+            source_rows.append(items.rows(source_ids))
+
         trending_ids = self.trending.top_ids(max(config.trending_candidates * 4, 100))
+        derived = self._from_trending(trending_ids)
+        trending_rows = derived.rows
         trending_row = trending_ids[: config.trending_candidates]
-        candidates.update(dict.fromkeys(trending_row))
+        source_ids += trending_row
+        source_rows.append(trending_rows[: config.trending_candidates])
         plans.append(_RowPlan("trending", "Trending now", trending_row))
 
         if len(trending_ids) < config.row_size:
-            newest = self.catalog.newest(config.trending_candidates)
-            candidates.update(dict.fromkeys(newest))
+            newest, newest_rows = self._newest(config.trending_candidates)
+            newest = list(newest)  # the plan's own list; the memo's stays as it is
+            source_ids += newest
+            source_rows.append(newest_rows)
             plans.append(_RowPlan("new-arrivals", "New arrivals", newest))
 
-        self.items.sync(self.catalog)
         context = self._context(state, now, knn_max)
-        derived = self._from_trending(trending_ids)
-        trending_rows = derived.rows
         # "More <genre>" for the genres this user's own behaviour favours.
         evidence = state.genre_evidence
         top_genres = [
@@ -342,22 +359,29 @@ class PageBuilder:
                 genre_items = derived.genre_items[genre] = self._genre_items(
                     genre, trending_ids, trending_rows
                 )
+                derived.genre_rows[genre] = items.rows(genre_items)
             genre_items = list(genre_items)  # the plan's own list; the memo's stays as it is
-            candidates.update(dict.fromkeys(genre_items))
+            source_ids += genre_items
+            source_rows.append(derived.genre_rows[genre])
             plans.append(_RowPlan(f"genre-{genre}", f"More {genre}", genre_items))
+        planned = len(source_ids)
         # A few of every genre's best: a taste nobody has looked for yet can only be found if
         # its titles can reach the page (the ranker and the top row's genre spread decide).
         if config.explore_per_genre:
             if derived.explore is None:
                 derived.explore = self._explore_items(trending_ids, trending_rows)
-            candidates.update(dict.fromkeys(derived.explore))
+                derived.explore_rows = items.rows(derived.explore)
+            source_ids += derived.explore
+            source_rows.append(derived.explore_rows)
 
-        if not candidates:
+        if not source_ids:
             return (), (), np.zeros((0, len(self.ranker.feature_names)), dtype=np.float32)
 
-        item_ids = list(candidates)
+        source_keys = np.concatenate(source_rows)
+        first, plan_positions = self._first_seen(source_ids, source_keys)
+        item_ids = list(map(source_ids.__getitem__, first.tolist()))
         position = dict(zip(item_ids, range(len(item_ids)), strict=True))
-        rows = self.items.rows(item_ids)
+        rows = source_keys[first]
         features = rank_feature_matrix(
             state,
             context,
@@ -370,8 +394,10 @@ class PageBuilder:
             self.engagement.item_lifts(item_ids),
         )
         score_array = self._scores(features)
-        arranged, placed_at = self._ordered_rows(plans, item_ids, position, rows, score_array)
-        placed = tuple([item_id for _, items in arranged for item_id, _ in items])
+        arranged, placed_at = self._ordered_rows(
+            plans, item_ids, position, rows, score_array, plan_positions[:planned]
+        )
+        placed = tuple(map(item_ids.__getitem__, placed_at.tolist()))
         page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
         return page_rows, placed, features[placed_at].astype(np.float32)
 
@@ -382,17 +408,25 @@ class PageBuilder:
         position: dict[str, int],
         rows: np.ndarray,
         scores: np.ndarray,
+        plan_positions: Sequence[int] | np.ndarray | None = None,
     ) -> tuple[list[tuple[_RowPlan, list[tuple[str, float]]]], np.ndarray]:
         """The candidates' order, "Top picks" and the arranged rows, with the candidate index
         of every placed title (page order), in one compiled pass (`processors.arrangement`);
-        a page whose scores tie takes `_diversified` and `_arrange`, where item ids decide."""
+        a page whose scores tie takes `_diversified` and `_arrange`, where item ids decide.
+
+        ``plan_positions`` are the plans' candidate indices one plan after the other (looked
+        up in ``position`` when not given)."""
         config = self.config
         limit = config.row_size * 2
+        if plan_positions is None:
+            plan_positions = list(
+                map(position.__getitem__, chain.from_iterable(plan.item_ids for plan in plans))
+            )
         page = arrange(
             scores,
             rows,
             self.items,
-            list(map(position.__getitem__, chain.from_iterable(plan.item_ids for plan in plans))),
+            plan_positions,
             [len(plan.item_ids) for plan in plans],
             [plan.ordered for plan in plans],
             [plan.row_id for plan in plans],
@@ -410,20 +444,55 @@ class PageBuilder:
             arranged = self._arrange(plans, score_of, rank_of)
             placed_at = [position[item_id] for _, items in arranged for item_id, _ in items]
             return arranged, np.array(placed_at, dtype=np.intp)
+        id_at = item_ids.__getitem__
         plans.append(
             _RowPlan(
-                "top-picks",
-                "Top picks for you",
-                [item_ids[k] for k in page.top_picks],
-                ordered=True,
+                "top-picks", "Top picks for you", list(map(id_at, page.top_picks)), ordered=True
             )
         )
-        id_at, score_at = item_ids.__getitem__, scores.tolist().__getitem__
-        arranged = [
-            (plans[plan], list(zip(map(id_at, at), map(score_at, at))))  # noqa: B905 (equal)
-            for plan, at in zip(page.plans, page.positions, strict=True)
-        ]
-        return arranged, np.array([k for at in page.positions for k in at], dtype=np.intp)
+        placed = page.placed
+        pairs = list(zip(map(id_at, placed), map(scores.tolist().__getitem__, placed)))  # noqa: B905
+        arranged = []
+        start = 0
+        for plan, length in zip(page.plans, page.lengths, strict=True):
+            arranged.append((plans[plan], pairs[start : start + length]))
+            start += length
+        return arranged, np.array(placed, dtype=np.intp)
+
+    def _first_seen(self, ids: list[str], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`processors.candidates.first_seen` of the sources' ids and table rows (``keys``):
+        each candidate's first index in ``ids``, and each id's candidate index (views of
+        buffers the next page reuses). Items the table does not know share its sentinel
+        row, so they get keys of their own first."""
+        unknown = self.items.unknown_row
+        slots = self._slots
+        if len(slots) <= unknown:
+            slots = self._slots = np.full(2 * unknown + 16, -1, dtype=np.intp)
+        size = len(keys)
+        first, positions = self._first_buffer, self._positions_buffer
+        if len(first) < size:
+            first = self._first_buffer = np.empty(2 * size, dtype=np.intp)
+            positions = self._positions_buffer = np.empty(2 * size, dtype=np.intp)
+        count = first_seen(keys, slots, unknown, first, positions)
+        if count < 0:
+            keys = keys.copy()
+            own: dict[str, int] = {}
+            for at in np.flatnonzero(keys == unknown).tolist():
+                keys[at] = unknown + 1 + own.setdefault(ids[at], len(own))
+            if len(slots) <= unknown + len(own):
+                slots = self._slots = np.full(2 * (unknown + len(own)) + 16, -1, dtype=np.intp)
+            count = first_seen(keys, slots, -1, first, positions)
+        # Views of buffers reused by the next page: read before it.
+        return first[:count], positions[:size]
+
+    def _newest(self, n: int) -> tuple[list[str], np.ndarray]:
+        """``Catalog.newest(n)`` and the items' table rows, remembered per catalog version."""
+        memo = self._newest_memo
+        version = self.catalog.version
+        if memo is None or memo[0] != version or memo[1] != n:
+            newest = self.catalog.newest(n)
+            memo = self._newest_memo = (version, n, newest, self.items.rows(newest))
+        return memo[2], memo[3]
 
     def _from_trending(self, trending_ids: list[str]) -> _TrendingDerived:
         """What the page takes from the trending order alone, reused while it stands.
@@ -550,11 +619,11 @@ class PageBuilder:
         """
         limit = self.config.explore_per_genre
         items = self.items
-        hits = items.genre_hits[trending_rows] > 0.0
-        # Per genre column, the trending positions of its titles, best first; keep `limit`.
-        keep = hits & (np.cumsum(hits, axis=0) <= limit)
-        chosen = [trending_ids[k] for k in np.flatnonzero(keep.any(axis=1)).tolist()]
-        counts = keep.sum(axis=0).tolist()
+        # Per genre column, the trending positions of its first `limit` titles (one pass).
+        counts = np.zeros(items.genre_hits.shape[1], dtype=np.intp)
+        kept = explore_positions(trending_rows, items.genre_hits, limit, counts)
+        chosen = list(map(trending_ids.__getitem__, kept.tolist()))
+        counts = counts.tolist()
         for genre, column in items.genre_col.items():
             if counts[column] < limit:  # trending lacks this genre: the catalog's first titles
                 chosen.extend(self.catalog.items_in_genre(genre)[:limit])
@@ -574,8 +643,8 @@ class PageBuilder:
         column = self.items.genre_col.get(genre) if trending_rows is not None else None
         if trending_rows is not None:
             if column is not None and len(trending_ids):
-                hits = np.flatnonzero(self.items.genre_hits[trending_rows, column])[:limit]
-                chosen = dict.fromkeys([trending_ids[k] for k in hits.tolist()])
+                hits = genre_positions(trending_rows, self.items.genre_hits, column, limit)
+                chosen = dict.fromkeys(map(trending_ids.__getitem__, hits.tolist()))
         else:
             catalog_get = self.catalog.get
             for item_id in trending_ids:
