@@ -117,8 +117,10 @@ class ArtworkBandit:
         self._params: dict[str, dict[str, tuple[float, float]]] = {}
         # context -> artwork style -> [observed, expected] engagement (see update_style).
         self._styles: dict[str, dict[str, list[float]]] = {_GLOBAL: {}}
-        # (style, context) -> posterior, until the next update_style: a page asks twice.
-        self._style_memo: dict[tuple[str, str], tuple[float, float]] = {}
+        # style -> context -> posterior, until the next update_style of that style (its
+        # global record feeds every context's): a page asks twice, and the few updates
+        # between two pages leave most styles as they were.
+        self._style_memo: dict[str, dict[str, tuple[float, float]]] = {}
         seed_bytes = str(self.seed).encode()
         self._seed_prefix = len(seed_bytes).to_bytes(4, "little") + seed_bytes
         # One generator, reseeded per draw: building a Generator costs ~27 µs (SeedSequence),
@@ -264,8 +266,7 @@ class ArtworkBandit:
         """
         if expected <= 0.0 and observed <= 0.0:
             return
-        if self._style_memo:
-            self._style_memo.clear()
+        self._style_memo.pop(style, None)
         for table_context in (_GLOBAL, context) if context != _GLOBAL else (_GLOBAL,):
             table = self._styles.get(table_context)
             if table is None:
@@ -359,15 +360,14 @@ class ArtworkBandit:
         if explore and styles:
             ordered = sorted(styles)
             posterior = self._style_posterior
-            shapes, rates = zip(*[posterior(style, context) for style in ordered], strict=True)
+            posteriors = [posterior(style, context) for style in ordered]
             # One standard-gamma draw per style, times the scale: numpy's gamma(shape, scale)
             # is exactly ``scale * standard_gamma(shape)`` on the same stream. Shapes above 1
             # (a page's are: the prior alone is 2 with the default priors) are drawn in one
             # compiled call that reproduces numpy's stream (`online_models.pcg64_gamma`).
             drawn = standard_gamma_draws(
-                np.frombuffer(self._seeder.digest(draw_key, "\x00styles"), dtype="<u8"),
-                np.array(shapes, dtype=np.float64),
-                np.array([1.0 / rate for rate in rates], dtype=np.float64),
+                self._seeder.digest(draw_key, "\x00styles"),
+                np.array(posteriors, dtype=np.float64),
             )
             if drawn is not None:
                 priors = dict(zip(ordered, drawn, strict=True))
@@ -375,7 +375,7 @@ class ArtworkBandit:
                 self._reseed(draw_key, "\x00styles")
                 standard_gamma = self._generator.standard_gamma
                 priors = {}
-                for style, shape, rate in zip(ordered, shapes, rates, strict=True):
+                for style, (shape, rate) in zip(ordered, posteriors, strict=True):
                     priors[style] = float(standard_gamma(shape) * (1.0 / rate))
         return self.user_style_multipliers(
             styles, context=context, taste=taste, strength=strength, priors=priors
@@ -393,9 +393,17 @@ class ArtworkBandit:
         """Each style's posterior mean multiplier for one user (see `choose_styled`); the
         context's multipliers are the prior unless ``priors`` gives drawn ones."""
         pulls = {}
+        # A user has evidence for a few styles at most: their keys once, and a taste lookup
+        # (a method call for a state's `PairMap`) only for those.
+        own = set(taste)
+        posterior_of = self._style_posterior
         for style in styles:
-            observed, expected = taste.get(style, _NO_EVIDENCE)
-            prior = priors[style] if priors is not None else self.style_multiplier(style, context)
+            observed, expected = taste.get(style, _NO_EVIDENCE) if style in own else _NO_EVIDENCE
+            if priors is not None:
+                prior = priors[style]
+            else:  # `style_multiplier`, without its call
+                posterior = posterior_of(style, context)
+                prior = posterior[0] / posterior[1]
             pulls[style] = (observed + strength * prior) / (expected + strength)
         return pulls
 
@@ -566,10 +574,12 @@ class ArtworkBandit:
         """Observed and expected engagement of a style in a context, plus the prior (a
         multiplier of 1 worth ``prior_alpha + prior_beta``) and the rest of the world's
         record scaled to at most `backoff_observations` expected engagements."""
-        key = (style, context)
-        posterior = self._style_memo.get(key)
+        by_context = self._style_memo.get(style)
+        if by_context is None:
+            by_context = self._style_memo[style] = {}
+        posterior = by_context.get(context)
         if posterior is None:
-            posterior = self._style_memo[key] = self._compute_style_posterior(style, context)
+            posterior = by_context[context] = self._compute_style_posterior(style, context)
         return posterior
 
     def _compute_style_posterior(self, style: str, context: str) -> tuple[float, float]:

@@ -48,17 +48,15 @@ _MANTISSA = np.uint64(0x000FFFFFFFFFFFFF)
 _TWO_TO_MINUS_53 = 1.0 / 9007199254740992.0
 
 
-def standard_gamma_draws(
-    words: np.ndarray, shapes: np.ndarray, scales: np.ndarray
-) -> list[float] | None:
-    """``[float(Generator(PCG64).standard_gamma(shape) * scale) ...]`` on one stream, from
-    a PCG64 state given as four little-endian 64-bit words: the position's low and high
-    halves, then the increment's before numpy's ``<< 1 | 1`` (the `ArtworkBandit` hash, as
-    it comes). None, with nothing drawn, unless every shape is finite and above 1 (see the
-    module docstring).
+def standard_gamma_draws(seed: bytes, posteriors: np.ndarray) -> list[float] | None:
+    """``[float(Generator(PCG64).standard_gamma(shape) * (1.0 / rate)) ...]`` for the
+    ``(shape, rate)`` rows of ``posteriors``, on one stream, from a PCG64 state given as 32
+    bytes: the position's 16 and the increment's before numpy's ``<< 1 | 1``, each little
+    endian (the `ArtworkBandit` hash, as it comes). None, with nothing drawn, unless every
+    shape is finite and above 1 (see the module docstring).
     """
-    out = np.empty(shapes.shape[0])
-    if not _gamma_draws(words, shapes, scales, out):
+    out = np.empty(posteriors.shape[0])
+    if not _gamma_draws(seed, posteriors, out):
         return None
     return out.tolist()  # type: ignore[no-any-return]
 
@@ -122,19 +120,29 @@ def _standard_normal(state: np.ndarray) -> float:  # pragma: no cover - numba
                 return x
 
 
+@kernel(called_by_kernels_only=True)
+def _word(seed: bytes, start: int) -> np.uint64:  # pragma: no cover - numba
+    """The little-endian 64-bit word at ``seed[start:start + 8]``."""
+    word = np.uint64(0)
+    for index in range(start + 7, start - 1, -1):
+        word = (word << _U8) | np.uint64(seed[index])
+    return word
+
+
 @kernel
 def _gamma_draws(
-    words: np.ndarray, shapes: np.ndarray, scales: np.ndarray, out: np.ndarray
+    seed: bytes, posteriors: np.ndarray, out: np.ndarray
 ) -> bool:  # pragma: no cover - numba
-    for index in range(shapes.shape[0]):
-        if not 1.0 < shapes[index] < np.inf:  # NaN too
+    for index in range(posteriors.shape[0]):
+        if not 1.0 < posteriors[index, 0] < np.inf:  # NaN too
             return False
     state = np.empty(4, dtype=np.uint64)
-    state[0], state[1] = words[1], words[0]
-    state[2] = (words[3] << _ONE) | (words[2] >> _U63)
-    state[3] = (words[2] << _ONE) | _ONE
-    for index in range(shapes.shape[0]):
-        shape = shapes[index]
+    state[0], state[1] = _word(seed, 8), _word(seed, 0)
+    increment_low, increment_high = _word(seed, 16), _word(seed, 24)
+    state[2] = (increment_high << _ONE) | (increment_low >> _U63)
+    state[3] = (increment_low << _ONE) | _ONE
+    for index in range(posteriors.shape[0]):
+        shape = posteriors[index, 0]
         b = shape - 1.0 / 3.0
         c = 1.0 / np.sqrt(9 * b)
         while True:
@@ -149,5 +157,5 @@ def _gamma_draws(
                 break
             if np.log(u) < 0.5 * x * x + b * (1.0 - v + np.log(v)):
                 break
-        out[index] = (b * v) * scales[index]
+        out[index] = (b * v) * (1.0 / posteriors[index, 1])
     return True

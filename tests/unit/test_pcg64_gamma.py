@@ -34,24 +34,22 @@ def test_draws_equal_numpys_standard_gamma() -> None:
         shapes = np.nextafter(1.0, 2.0) + np.exp(rng.normal(-1.0, 3.0, size=count))
         scales = 1.0 / (shapes * rng.random(count) + 0.1)
         generator = _numpy_generator(raw)
+        posteriors = np.stack([shapes, 1.0 / scales], axis=1)
         expected = [
-            float(generator.standard_gamma(shape) * scale)
-            for shape, scale in zip(shapes.tolist(), scales.tolist(), strict=True)
+            float(generator.standard_gamma(shape) * (1.0 / rate))
+            for shape, rate in posteriors.tolist()
         ]
-        assert standard_gamma_draws(np.frombuffer(raw, dtype="<u8"), shapes, scales) == expected
+        assert standard_gamma_draws(raw, posteriors) == expected
     # A long stream: the ziggurat's rare branches (its tail, its wedges) are taken too.
     raw = rng.bytes(32)
     shapes = 1.0 + rng.random(200_000) * 30.0
-    ones = np.ones_like(shapes)
-    drawn = standard_gamma_draws(np.frombuffer(raw, dtype="<u8"), shapes, ones)
+    drawn = standard_gamma_draws(raw, np.stack([shapes, np.ones_like(shapes)], axis=1))
     assert drawn == _numpy_generator(raw).standard_gamma(shapes).tolist()
 
 
 def test_shapes_it_does_not_draw_are_refused() -> None:
-    words = np.zeros(4, dtype=np.uint64)
     for odd in (1.0, 0.5, 0.0, np.inf, np.nan):
-        shapes = np.array([2.0, odd])
-        assert standard_gamma_draws(words, shapes, np.ones(2)) is None
+        assert standard_gamma_draws(bytes(32), np.array([[2.0, 1.0], [odd, 1.0]])) is None
 
 
 def test_style_pulls_with_small_shapes_take_numpy() -> None:
