@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from online_models.pcg64_gamma import standard_gamma_draws
+
 __all__ = ["ArtworkBandit"]
 
 _STATE_KIND = "artwork_bandit"
@@ -115,8 +117,10 @@ class ArtworkBandit:
         self._params: dict[str, dict[str, tuple[float, float]]] = {}
         # context -> artwork style -> [observed, expected] engagement (see update_style).
         self._styles: dict[str, dict[str, list[float]]] = {_GLOBAL: {}}
-        # (style, context) -> posterior, until the next update_style: a page asks twice.
-        self._style_memo: dict[tuple[str, str], tuple[float, float]] = {}
+        # style -> context -> posterior, until the next update_style of that style (its
+        # global record feeds every context's): a page asks twice, and the few updates
+        # between two pages leave most styles as they were.
+        self._style_memo: dict[str, dict[str, tuple[float, float]]] = {}
         seed_bytes = str(self.seed).encode()
         self._seed_prefix = len(seed_bytes).to_bytes(4, "little") + seed_bytes
         # One generator, reseeded per draw: building a Generator costs ~27 µs (SeedSequence),
@@ -262,8 +266,7 @@ class ArtworkBandit:
         """
         if expected <= 0.0 and observed <= 0.0:
             return
-        if self._style_memo:
-            self._style_memo.clear()
+        self._style_memo.pop(style, None)
         for table_context in (_GLOBAL, context) if context != _GLOBAL else (_GLOBAL,):
             table = self._styles.get(table_context)
             if table is None:
@@ -356,15 +359,24 @@ class ArtworkBandit:
         priors = None
         if explore and styles:
             ordered = sorted(styles)
-            self._reseed(draw_key, "\x00styles")
+            posterior = self._style_posterior
+            posteriors = [posterior(style, context) for style in ordered]
             # One standard-gamma draw per style, times the scale: numpy's gamma(shape, scale)
-            # is exactly ``scale * standard_gamma(shape)`` on the same stream, and for the
-            # handful of styles a page has, scalar draws cost less than broadcasting arrays.
-            standard_gamma = self._generator.standard_gamma
-            priors = {}
-            for style in ordered:
-                shape, rate = self._style_posterior(style, context)
-                priors[style] = float(standard_gamma(shape) * (1.0 / rate))
+            # is exactly ``scale * standard_gamma(shape)`` on the same stream. Shapes above 1
+            # (a page's are: the prior alone is 2 with the default priors) are drawn in one
+            # compiled call that reproduces numpy's stream (`online_models.pcg64_gamma`).
+            drawn = standard_gamma_draws(
+                self._seeder.digest(draw_key, "\x00styles"),
+                np.array(posteriors, dtype=np.float64),
+            )
+            if drawn is not None:
+                priors = dict(zip(ordered, drawn, strict=True))
+            else:
+                self._reseed(draw_key, "\x00styles")
+                standard_gamma = self._generator.standard_gamma
+                priors = {}
+                for style, (shape, rate) in zip(ordered, posteriors, strict=True):
+                    priors[style] = float(standard_gamma(shape) * (1.0 / rate))
         return self.user_style_multipliers(
             styles, context=context, taste=taste, strength=strength, priors=priors
         )
@@ -381,9 +393,17 @@ class ArtworkBandit:
         """Each style's posterior mean multiplier for one user (see `choose_styled`); the
         context's multipliers are the prior unless ``priors`` gives drawn ones."""
         pulls = {}
+        # A user has evidence for a few styles at most: their keys once, and a taste lookup
+        # (a method call for a state's `PairMap`) only for those.
+        own = set(taste)
+        posterior_of = self._style_posterior
         for style in styles:
-            observed, expected = taste.get(style, _NO_EVIDENCE)
-            prior = priors[style] if priors is not None else self.style_multiplier(style, context)
+            observed, expected = taste.get(style, _NO_EVIDENCE) if style in own else _NO_EVIDENCE
+            if priors is not None:
+                prior = priors[style]
+            else:  # `style_multiplier`, without its call
+                posterior = posterior_of(style, context)
+                prior = posterior[0] / posterior[1]
             pulls[style] = (observed + strength * prior) / (expected + strength)
         return pulls
 
@@ -554,10 +574,12 @@ class ArtworkBandit:
         """Observed and expected engagement of a style in a context, plus the prior (a
         multiplier of 1 worth ``prior_alpha + prior_beta``) and the rest of the world's
         record scaled to at most `backoff_observations` expected engagements."""
-        key = (style, context)
-        posterior = self._style_memo.get(key)
+        by_context = self._style_memo.get(style)
+        if by_context is None:
+            by_context = self._style_memo[style] = {}
+        posterior = by_context.get(context)
         if posterior is None:
-            posterior = self._style_memo[key] = self._compute_style_posterior(style, context)
+            posterior = by_context[context] = self._compute_style_posterior(style, context)
         return posterior
 
     def _compute_style_posterior(self, style: str, context: str) -> tuple[float, float]:
@@ -644,13 +666,17 @@ class _Seeder:
         # (copied) generator.
         return (_Seeder, (self._prefix, self._bit_generator))
 
-    def reseed(self, draw_key: str, item_id: str) -> None:
-        """Set the generator's state from the hash of ``(draw_key, item_id)``."""
+    def digest(self, draw_key: str, item_id: str) -> bytes:
+        """The 32-byte hash of ``(seed, draw_key, item_id)`` the state is made of."""
         key = draw_key.encode()
         # Length-prefixed so ("ab", "c") and ("a", "bc") differ; item_id comes last, unprefixed.
         hasher = self._seed_hash.copy()
         hasher.update(len(key).to_bytes(4, "little") + key + item_id.encode())
-        raw = hasher.digest()
+        return hasher.digest()
+
+    def reseed(self, draw_key: str, item_id: str) -> None:
+        """Set the generator's state from the hash of ``(draw_key, item_id)``."""
+        raw = self.digest(draw_key, item_id)
         # A PCG64 state is a 128-bit position and an odd 128-bit increment (its stream).
         inc = (int.from_bytes(raw[16:], "little") << 1 | 1) & _MASK_128
         self._bit_generator.state = _pcg64_state(int.from_bytes(raw[:16], "little"), inc)

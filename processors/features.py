@@ -302,12 +302,15 @@ def genre_taste_rates(
     ``only_genres`` keeps just those of them."""
     rates = {}
     evidence = state.genre_evidence
-    genres = genre_prior.keys() | evidence.keys()
+    # The user's few genres once: a state's `PairMap` is asked only about those.
+    own = set(evidence)
+    genres = own.union(genre_prior)
     if only_genres is not None:
         genres &= set(only_genres)
+    prior_of = genre_prior.get
     for genre in sorted(genres):
-        prior = genre_prior.get(genre, taste_rate)
-        engaged, examined = evidence.get(genre, NO_EVIDENCE)
+        prior = prior_of(genre, taste_rate)
+        engaged, examined = evidence.get(genre, NO_EVIDENCE) if genre in own else NO_EVIDENCE
         rates[genre] = rate(engaged, examined, base_rate=prior, strength=strength)
     return rates
 

@@ -11,7 +11,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from operator import itemgetter
 
 import numpy as np
@@ -55,6 +55,9 @@ _new = object.__new__
 _set_item_id = PageItem.__dict__["item_id"].__set__
 _set_score = PageItem.__dict__["score"].__set__
 _set_artwork_id = PageItem.__dict__["artwork_id"].__set__
+_set_row_id = PageRow.__dict__["row_id"].__set__
+_set_title = PageRow.__dict__["title"].__set__
+_set_items = PageRow.__dict__["items"].__set__
 #: Runs an iterator to its end, in C (the ``consume`` recipe of ``itertools``).
 _consume = deque(maxlen=0).extend
 
@@ -75,6 +78,20 @@ def _page_items(
     _consume(map(_set_score, items, scores))
     _consume(map(_set_artwork_id, items, artwork_ids))
     return items
+
+
+def _page_rows(
+    row_ids: Sequence[str], titles: Sequence[str], items: Sequence[tuple[PageItem, ...]]
+) -> tuple[PageRow, ...]:
+    """``tuple(PageRow(r, t, i) for r, t, i in zip(...))`` set slot by slot, as `_page_items`
+    does (a frozen dataclass's ``__init__`` costs a ``object.__setattr__`` per field)."""
+    if not len(row_ids) == len(titles) == len(items):  # map() would stop at the shortest
+        raise ValueError(f"{len(row_ids)} row ids, {len(titles)} titles, {len(items)} item rows")
+    rows = tuple(map(_new, repeat(PageRow, len(row_ids))))
+    _consume(map(_set_row_id, rows, row_ids))
+    _consume(map(_set_title, rows, titles))
+    _consume(map(_set_items, rows, items))
+    return rows
 
 
 def _by_score(scores: np.ndarray, item_ids: list[str]) -> list[str]:
@@ -524,15 +541,16 @@ class PageBuilder:
         `ItemTable` rows (taken from the candidates' rows: no second lookup per item).
         """
         chosen = self._artworks(placed_ids, placed_rows, state, recommendation_id)
-        scores = round6_many([score for _, items in arranged for _, score in items])
-        page_items = _page_items(placed_ids, scores, chosen)
-        rows = []
-        start = 0
-        for plan, items in arranged:
-            end = start + len(items)
-            rows.append(PageRow(plan.row_id, plan.title, tuple(page_items[start:end])))
-            start = end
-        return tuple(rows)
+        # The placed items' scores, and then each row's share of the rendered items, in C
+        # iteration (`_second` of a row is its ``(item_id, score)`` pairs, of a pair its score).
+        scores = round6_many(list(map(_second, chain.from_iterable(map(_second, arranged)))))
+        rendered = iter(_page_items(placed_ids, scores, chosen))
+        plans = [plan for plan, _ in arranged]
+        return _page_rows(
+            [plan.row_id for plan in plans],
+            [plan.title for plan in plans],
+            [tuple(islice(rendered, len(items))) for _, items in arranged],
+        )
 
     def _artworks(
         self,

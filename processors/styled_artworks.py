@@ -29,19 +29,10 @@ _NEG_INF = -math.inf
 
 
 def _order_key(values: Sequence[float]) -> tuple[int, ...]:
-    """Each value's rank among the distinct values: equal for two vectors exactly when every
-    comparison between their entries (``<``, ``==``) comes out the same."""
-    ranks = {value: rank for rank, value in enumerate(sorted(set(values)))}
-    return tuple(map(ranks.__getitem__, values))
-
-
-def _first_best(pull: list[float], artworks: Sequence[str]) -> object:
-    """The artwork of the first highest pull, as ``argmax`` picks it; `_UNTAGGED` (or None,
-    without artworks) when every pull is padding (-inf), as ``isfinite(max)`` says."""
-    top = max(pull)
-    if top > _NEG_INF:
-        return artworks[pull.index(top)]
-    return _UNTAGGED if artworks else None
+    """Each value's rank, as how many values are below it (the index of its first equal in
+    sorted order): equal for two vectors exactly when every comparison between their
+    entries (``<``, ``==``) comes out the same. Values must not be NaN."""
+    return tuple(map(sorted(values).index, values))
 
 
 class StyledArtworks:
@@ -134,16 +125,17 @@ class StyledArtworks:
             memo.clear()
             self._memo = {key: memo}
             self._entries = 0
-        style_idx = self.items.style_idx
+        missing = [index for index, value in enumerate(chosen) if value is _MISS]
+        # The missing titles' pulls by artwork in one gather (the padding column -1 picks the
+        # -inf appended), then each one's first highest (``argmax``); none styled when every
+        # pull is padding.
+        pull = np.array([*values, _NEG_INF])[self.items.style_idx[rows[missing]]]
+        best = pull.argmax(axis=1).tolist()
+        styled = (pull.max(axis=1) > _NEG_INF).tolist()
         artworks_of = self.items.artworks.get
-        for index, value in enumerate(chosen):
-            if value is not _MISS:
-                continue
+        for index, column, has_style in zip(missing, best, styled, strict=True):
             item_id = item_ids[index]
-            pull = [
-                values[column] if column >= 0 else _NEG_INF
-                for column in style_idx[rows[index]].tolist()
-            ]
-            value = _first_best(pull, artworks_of(item_id, ()))
+            artworks = artworks_of(item_id, ())
+            value = artworks[column] if has_style else (_UNTAGGED if artworks else None)
             chosen[index] = memo[item_id] = value
-            self._entries += 1
+        self._entries += len(missing)
