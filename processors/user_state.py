@@ -99,6 +99,19 @@ class EventIdWindow:
         """Remember an id, forgetting the oldest one when the window is full."""
         self._push(_needle(event_id))
 
+    def add(self, event_id: str) -> bool:
+        """`append` the id unless the window holds it; whether it was new (``id not in
+        window``, then `append`: the engine's duplicate check, one fingerprint for both)."""
+        needle = _needle(event_id)
+        ring = self._fingerprints
+        at = ring.find(needle)
+        while at > 0 and at & 7:
+            at = ring.find(needle, at + 1)
+        if at >= 0:
+            return False
+        self._push(needle)
+        return True
+
     def extend(self, event_ids: Iterable[str]) -> None:
         """Remember several ids, oldest first."""
         for event_id in event_ids:
