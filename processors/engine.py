@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from processors.attribution import ArmMetrics
 from processors.catalog import Catalog
 from processors.config import EngineConfig
@@ -532,9 +534,10 @@ class Engine:
             return None
         config = self.config
         vector = session_features(state, event.ts, config)
-        state.add_churn_snapshot(vector, config.churn_snapshots)
+        row = np.array(vector)  # one float64 row for the snapshot's encoder and the model
+        state.add_churn_snapshot(row, config.churn_snapshots)
         churn = self.models.churn
-        risk = churn.predict_proba_vector(vector)
+        risk = churn.predict_proba_vector(row)
         state.churn_risk = risk
         if state.churn_alerted:
             if risk < config.churn_rearm:
