@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -92,6 +92,21 @@ class Effects:
     #: Variant of the page the event refers to (via recommendation_id), when known.
     attributed_variant: str | None = None
     labels: list[tuple[str, bool]] = field(default_factory=list)
+
+
+_new_object = object.__new__
+# `Engine.process` fills an Effects field by field: refuse to import if a field is added.
+if tuple(f.name for f in fields(Effects)) != (
+    "state",
+    "event",
+    "page",
+    "alert",
+    "dead_letter",
+    "duplicate",
+    "attributed_variant",
+    "labels",
+):
+    raise RuntimeError("processors.engine: Engine.process is out of step with Effects")
 
 
 class Engine:
@@ -212,8 +227,20 @@ class Engine:
         if ts > self.watermark:
             self.watermark = ts
 
-        self._roll_session(state, event)
-        effects = Effects(state=state, event=event)
+        session_id = event.session_id
+        if (
+            not state.session_id
+            or (session_id is not None and session_id != state.session_id)
+            or ts - state.last_ts > config.session_gap_ms
+        ):  # (`_roll_session`'s test: most events continue their session)
+            self._roll_session(state, event)
+        # Effects(state=state, event=event), without the keyword call (every event).
+        effects = _new_object(Effects)
+        effects.state = state
+        effects.event = event
+        effects.page = effects.alert = effects.dead_letter = effects.attributed_variant = None
+        effects.duplicate = False
+        effects.labels = []
         if event.recommendation_id:
             effects.attributed_variant = state.page_variant(event.recommendation_id)
         event_type = event.type
