@@ -668,11 +668,11 @@ class UserState:
     def count_impression(self, item_id: str, limit: int) -> None:
         """One more impression of a title; past ``limit`` impressed titles the one first
         impressed is forgotten."""
-        try:
-            at = 2 * self.session_exposed.index(item_id)
-        except ValueError:
+        exposed = self.session_exposed
+        if item_id not in exposed:  # (most impressions are a title's first: no exception)
             self._add_exposed(item_id, 1, 0)
         else:
+            at = 2 * exposed.index(item_id)
             impressions = self.session_exposure[at]
             if impressions:
                 self._set_count(at, impressions + 1)
@@ -802,9 +802,13 @@ class UserState:
         Pages are built in the user's own arm (``PageBuilder`` serves ``state.variant``, which
         never changes), so a state remembers which pages it was served, not their arm.
         """
-        if _key_index(self.recent_pages, _page_needle(recommendation_id)) < 0:
-            return None
-        return self.variant
+        # (`_key_index` inlined: asked for most events)
+        pages = self.recent_pages
+        needle = _page_needle(recommendation_id)
+        at = pages.find(needle)
+        while at > 0 and at & 7:
+            at = pages.find(needle, at + 1)
+        return self.variant if at >= 0 else None
 
     # -- churn snapshots ------------------------------------------------------------------
 
