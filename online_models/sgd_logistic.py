@@ -145,7 +145,10 @@ class ScaledSGDLogistic:
 
     def predict_proba(self, x: Sequence[float]) -> float:
         """Probability of a positive label (River's clamped sigmoid of `logit`)."""
-        return _sigmoid(self.logit(x))
+        if not self._learned:
+            return _sigmoid(0.0 + self.intercept)
+        # `_sigmoid(self.logit(x))` in one kernel call (the churn check's, every event)
+        return _proba(_row(x), self._means, self._variances, self._weights, self.intercept, _HALF)
 
     def learn(self, x: Sequence[float], y: bool) -> None:
         """One SGD step on a finite row (the caller checks finiteness)."""
@@ -197,7 +200,7 @@ def _sigmoid(z: float) -> float:  # pragma: no cover - compiled
     return 1.0 / (1.0 + math.exp(-z))
 
 
-@kernel
+@kernel(called_by_kernels_only=True)  # (and by `ScaledSGDLogistic.logit`: not the engine)
 def _logit(
     x: np.ndarray,
     means: np.ndarray,
@@ -212,6 +215,19 @@ def _logit(
         var = variances[i]
         total += weights[i] * ((x[i] - means[i]) / var**half if var else 0.0)
     return total + intercept
+
+
+@kernel
+def _proba(
+    x: np.ndarray,
+    means: np.ndarray,
+    variances: np.ndarray,
+    weights: np.ndarray,
+    intercept: float,
+    half: float,
+) -> float:  # pragma: no cover - compiled (tests compare it with River)
+    """``_sigmoid(_logit(...))``: the same two steps in one call."""
+    return _sigmoid(_logit(x, means, variances, weights, intercept, half))
 
 
 @kernel

@@ -129,7 +129,7 @@ class ArmMetrics:
     [(0, {'holdout': (4, 1, 0, 0, 0)})]
     """
 
-    __slots__ = ("_arms", "_buckets", "bucket_ms", "max_buckets")
+    __slots__ = ("_arms", "_buckets", "_last_bucket", "bucket_ms", "max_buckets")
 
     def __init__(self, *, bucket_ms: int = 60_000, max_buckets: int = 1_440) -> None:
         self.bucket_ms = bucket_ms
@@ -137,6 +137,9 @@ class ArmMetrics:
         self._arms: dict[str, ArmTotals] = {}
         #: bucket start → arm → counts in ``TIMELINE_FIELDS`` order
         self._buckets: OrderedDict[int, dict[str, list[int]]] = OrderedDict()
+        #: (bucket start, arm, its counts) of the last event counted: most events count in
+        #: the bucket and arm the one before did (forgotten when a bucket is dropped).
+        self._last_bucket: tuple[int, str, list[int]] | None = None
 
     def arm(self, name: str) -> ArmTotals:
         """The counters of an arm (created empty on first use)."""
@@ -171,7 +174,14 @@ class ArmMetrics:
             totals.attributed_by_user += 1
         index = _TIMELINE_INDEX.get(event_type)
         if index is not None:
-            self._bucket(ts, variant)[index] += 1
+            last = self._last_bucket
+            start = ts - ts % self.bucket_ms
+            if last is not None and last[0] == start and last[1] == variant:
+                last[2][index] += 1
+            else:
+                counts = self._bucket(ts, variant)
+                counts[index] += 1
+                self._last_bucket = (start, variant, counts)
 
     def record_session(
         self, variant: str, *, played: bool, events: int, duration_ms: int, end_ts: int
@@ -299,3 +309,4 @@ class ArmMetrics:
     def _trim(self) -> None:
         while len(self._buckets) > self.max_buckets:
             self._buckets.popitem(last=False)
+            self._last_bucket = None

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from processors.attribution import ArmMetrics
 from processors.catalog import Catalog
@@ -49,6 +51,10 @@ __all__ = ["Effects", "Engine", "EngineModels", "SourcePosition"]
 #: How much each outcome adds to an item's trending score.
 _TRENDING_WEIGHTS = {"click": 1.0, "play": 2.0, "completion": 1.0}
 _POSITIVE_TYPES = frozenset({"click", "play"})
+#: Events `Engine._learn_from_outcome` learns a label from (when no impression is pending);
+#: impressions too with ``learn_unanswered_impressions``.
+_LABEL_TYPES = _POSITIVE_TYPES | {"scroll_past"}
+_LABEL_TYPES_ALL = _LABEL_TYPES | {"impression"}
 _EARLIEST_TS = 946_684_800_000  # 2000-01-01: older timestamps are clock or unit errors
 
 
@@ -86,6 +92,21 @@ class Effects:
     #: Variant of the page the event refers to (via recommendation_id), when known.
     attributed_variant: str | None = None
     labels: list[tuple[str, bool]] = field(default_factory=list)
+
+
+_new_object = object.__new__
+# `Engine.process` fills an Effects field by field: refuse to import if a field is added.
+if tuple(f.name for f in fields(Effects)) != (
+    "state",
+    "event",
+    "page",
+    "alert",
+    "dead_letter",
+    "duplicate",
+    "attributed_variant",
+    "labels",
+):
+    raise RuntimeError("processors.engine: Engine.process is out of step with Effects")
 
 
 class Engine:
@@ -178,43 +199,79 @@ class Engine:
         trigger in ``Page.coalesced_event_ids``; `settle_pages` serves what is still owed.
         """
         config = self.config
-        self.counters["events_in"] += 1
-        reason = self._reject_reason(event, state, now)
-        if reason is not None:
-            kind = reason.split(":", 1)[0]
-            return Effects(
-                state=state, dead_letter=self._dead_letter(raw, reason, now, source, kind)
+        counters = self.counters
+        counters["events_in"] += 1
+        ts = event.ts
+        # `_reject_reason` only for an event that may be rejected (every check's cheap half).
+        if (
+            ts < _EARLIEST_TS
+            or ts > now + config.max_future_skew_ms
+            or (
+                state is not None
+                and state.session_events
+                and state.last_ts - ts > config.late_grace_ms
             )
+        ):
+            reason = self._reject_reason(event, state, now)
+            if reason is not None:
+                kind = reason.split(":", 1)[0]
+                return Effects(
+                    state=state, dead_letter=self._dead_letter(raw, reason, now, source, kind)
+                )
         if state is None:
             state = UserState(event.user_id, dedup_window=config.dedup_window)
             state.variant = self.arms.arm_of(event.user_id)
-        if event.event_id in state.recent_event_ids:
-            self.counters["duplicates"] += 1
+        if not state.recent_event_ids.add(event.event_id):  # (remembered when it is new)
+            counters["duplicates"] += 1
             return Effects(state=state, event=event, duplicate=True)
-        state.recent_event_ids.append(event.event_id)
-        if event.ts > self.watermark:
-            self.watermark = event.ts
+        if ts > self.watermark:
+            self.watermark = ts
 
-        self._roll_session(state, event)
-        effects = Effects(state=state, event=event)
+        session_id = event.session_id
+        if (
+            not state.session_id
+            or (session_id is not None and session_id != state.session_id)
+            or ts - state.last_ts > config.session_gap_ms
+        ):  # (`_roll_session`'s test: most events continue their session)
+            self._roll_session(state, event)
+        # Effects(state=state, event=event), without the keyword call (every event).
+        effects = _new_object(Effects)
+        effects.state = state
+        effects.event = event
+        effects.page = effects.alert = effects.dead_letter = effects.attributed_variant = None
+        effects.duplicate = False
+        effects.labels = []
         if event.recommendation_id:
             effects.attributed_variant = state.page_variant(event.recommendation_id)
-        item = self.catalog.get(event.item_id) if event.item_id is not None else None
-        self._learn_from_outcome(state, event, effects)
-        if not state.pending:  # (an emptied dict keeps its table: the shared empty one instead)
+        event_type = event.type
+        item_id = event.item_id
+        item = self.catalog.get(item_id) if item_id is not None else None
+        # Each stage below is called only for the events it can act on (its own first test).
+        pending = state.pending
+        if pending or (
+            item_id is not None
+            and event_type
+            in (_LABEL_TYPES_ALL if config.learn_unanswered_impressions else _LABEL_TYPES)
+        ):
+            self._learn_from_outcome(state, event, effects)
+            if not state.pending:  # (an emptied dict keeps its table: the shared one instead)
+                state.pending = NO_PENDING
+        elif pending is not NO_PENDING:
             state.pending = NO_PENDING
-        self._learn_taste(state, event, item)
+        if item is not None and event_type in TASTE_TYPES:
+            self._learn_taste(state, event, item)
         update_window(state, event, item, config)
-        self._update_indexes(state, event)
+        if event_type in SEQUENCE_TYPES:
+            self._update_indexes(state, event)
         effects.alert = self._churn_check(state, event)
-        if event.type in config.page_trigger_types:
+        if event_type in config.page_trigger_types:
             if serve_page:
                 owed = self._owed.pop(state.user_id, ())
                 effects.page = self._serve_page(state, event.event_id, now, owed)
             else:
                 self._owed.setdefault(state.user_id, []).append(event.event_id)
-                self.counters["pages_coalesced"] += 1
-        self.counters["events_accepted"] += 1
+                counters["pages_coalesced"] += 1
+        counters["events_accepted"] += 1
         self.arm_metrics.observe(effects)
         return effects
 
@@ -504,9 +561,10 @@ class Engine:
             return None
         config = self.config
         vector = session_features(state, event.ts, config)
-        state.add_churn_snapshot(vector, config.churn_snapshots)
+        row = np.array(vector)  # one float64 row for the snapshot's encoder and the model
+        state.add_churn_snapshot(row, config.churn_snapshots)
         churn = self.models.churn
-        risk = churn.predict_proba_vector(vector)
+        risk = churn.predict_proba_vector(row)
         state.churn_risk = risk
         if state.churn_alerted:
             if risk < config.churn_rearm:

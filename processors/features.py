@@ -97,8 +97,12 @@ def session_features(state: UserState, now: int, config: EngineConfig) -> list[f
     age_min = age_ms / 60_000.0
     speed = state.session_events / max(age_min, 0.5)  # events per minute, floor avoids blow-ups
     focus = _genre_focus(state, now, config.genre_half_life_ms)
-    is_mobile, is_tv = _device_flags(state.device)
-    hour_sin, hour_cos = _hour_waves(state.local_hour)
+    # The memoized lookups first (`_device_flags` and `_hour_waves` compute what they miss).
+    device = state.device
+    flags = _DEVICE_FLAGS.get(device)
+    is_mobile, is_tv = flags if flags is not None else _device_flags(device)
+    waves = _HOUR_WAVES.get(state.local_hour)
+    hour_sin, hour_cos = waves if waves is not None else _hour_waves(state.local_hour)
     return [
         log1p(state.session_events),
         log1p(impressions),

@@ -42,6 +42,10 @@ _FULL_DWELL_MS = 3_000.0
 #: Items tracked per session in the exposure maps.
 _MAX_EXPOSURE_ITEMS = 128
 _MIN_RESUME_PROGRESS = 0.02
+#: Events whose progress counts (the session's mean progress, continue watching).
+_PROGRESS_TYPES = frozenset({"pause", "completion", "drop_off"})
+#: Events whose affinity weight `_affinity_weight` scales (the others' is the table's).
+_SCALED_AFFINITY_TYPES = frozenset({"hover", "pause", "drop_off"})
 _LN2 = math.log(2.0)
 _MAX_RESUME_PROGRESS = 0.95
 
@@ -65,7 +69,9 @@ def update_window(
         state.last_ts = event.ts
     if event.device:
         state.device = event.device
-    state.local_hour = event.local_hour if event.local_hour is not None else _utc_hour(event.ts)
+    local_hour = event.local_hour
+    # (else the UTC hour of the event)
+    state.local_hour = local_hour if local_hour is not None else (event.ts // 3_600_000) % 24
 
     # The catalog's copy of the id: per-session maps then share one string per title instead
     # of holding the one decoded from each event (memory per active session).
@@ -86,20 +92,28 @@ def update_window(
     elif event_type == "impression" and item_id is not None:
         state.count_impression(item_id, _MAX_EXPOSURE_ITEMS)
 
-    if event_type in ("pause", "completion", "drop_off") and event.progress is not None:
+    progress_type = event_type in _PROGRESS_TYPES
+    if progress_type and event.progress is not None:
         state.progress_sum += event.progress
         state.progress_n += 1
     if item_id is not None:
-        _update_continue_watching(state, event, item_id, config.continue_watching)
-        if item is not None and item.genres:
-            weight = _affinity_weight(event)
-            if weight:
-                _add_affinity(state, item.genres, weight, event.ts, config)
-        if item is not None and event_type in TASTE_TYPES:
-            engaged, examined = engagement_of(event_type, event.dwell_ms)
-            add_evidence(state.genre_evidence, item.genres, engaged, examined)
-        if item is not None and item.genres:
-            state.genre_affinity.share_keys(state.genre_evidence)
+        if progress_type:  # (the only types `_update_continue_watching` acts on)
+            _update_continue_watching(state, event, item_id, config.continue_watching)
+        if item is not None:
+            genres = item.genres
+            if genres:
+                weight = (
+                    _affinity_weight(event)
+                    if event_type in _SCALED_AFFINITY_TYPES
+                    else AFFINITY_WEIGHTS[event_type]  # (what `_affinity_weight` returns)
+                )
+                if weight:
+                    _add_affinity(state, genres, weight, event.ts, config)
+            if event_type in TASTE_TYPES:
+                engaged, examined = engagement_of(event_type, event.dwell_ms)
+                add_evidence(state.genre_evidence, genres, engaged, examined)
+            if genres:
+                state.genre_affinity.share_keys(state.genre_evidence)
 
 
 def artwork_style(item: CatalogItem, artwork_id: str | None) -> str | None:
@@ -132,6 +146,8 @@ def _add_affinity(
         if affinity:
             factor = decay_factor(ts - state.affinity_ts, config.genre_half_life_ms)
         state.affinity_ts = ts
+        age_factor = 1.0
+    elif ts == state.affinity_ts:  # another event of the same moment (`decay_factor` of 0)
         age_factor = 1.0
     else:  # out-of-order event: add it as already decayed to the window's clock
         age_factor = decay_factor(state.affinity_ts - ts, config.genre_half_life_ms)
@@ -180,7 +196,3 @@ def decay_factor(elapsed_ms: int, half_life_ms: int) -> float:
     if elapsed_ms <= 0:
         return 1.0
     return math.exp(-_LN2 * elapsed_ms / half_life_ms)
-
-
-def _utc_hour(ts: int) -> int:
-    return (ts // 3_600_000) % 24

@@ -17,6 +17,9 @@ from base64 import b64decode, b64encode
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, NoReturn
 
+import numpy as np
+
+from processors.compiled import kernel
 from processors.ids import stable_digest64, stable_hash64
 
 __all__ = [
@@ -100,6 +103,19 @@ class EventIdWindow:
     def append(self, event_id: str) -> None:
         """Remember an id, forgetting the oldest one when the window is full."""
         self._push(_needle(event_id))
+
+    def add(self, event_id: str) -> bool:
+        """`append` the id unless the window holds it; whether it was new (``id not in
+        window``, then `append`: the engine's duplicate check, one fingerprint for both)."""
+        needle = _needle(event_id)
+        ring = self._fingerprints
+        at = ring.find(needle)
+        while at > 0 and at & 7:
+            at = ring.find(needle, at + 1)
+        if at >= 0:
+            return False
+        self._push(needle)
+        return True
 
     def extend(self, event_ids: Iterable[str]) -> None:
         """Remember several ids, oldest first."""
@@ -660,11 +676,11 @@ class UserState:
     def count_impression(self, item_id: str, limit: int) -> None:
         """One more impression of a title; past ``limit`` impressed titles the one first
         impressed is forgotten."""
-        try:
-            at = 2 * self.session_exposed.index(item_id)
-        except ValueError:
+        exposed = self.session_exposed
+        if item_id not in exposed:  # (most impressions are a title's first: no exception)
             self._add_exposed(item_id, 1, 0)
         else:
+            at = 2 * exposed.index(item_id)
             impressions = self.session_exposure[at]
             if impressions:
                 self._set_count(at, impressions + 1)
@@ -794,9 +810,13 @@ class UserState:
         Pages are built in the user's own arm (``PageBuilder`` serves ``state.variant``, which
         never changes), so a state remembers which pages it was served, not their arm.
         """
-        if _key_index(self.recent_pages, _page_needle(recommendation_id)) < 0:
-            return None
-        return self.variant
+        # (`_key_index` inlined: asked for most events)
+        pages = self.recent_pages
+        needle = _page_needle(recommendation_id)
+        at = pages.find(needle)
+        while at > 0 and at & 7:
+            at = pages.find(needle, at + 1)
+        return self.variant if at >= 0 else None
 
     # -- churn snapshots ------------------------------------------------------------------
 
@@ -1015,7 +1035,13 @@ def _encode_record(vector: Sequence[float]) -> bytes:
     that is off) and most others are a flag, the log of a small count or the hour's sine
     or cosine: ~35 bytes a snapshot instead of 80 as non-zero doubles. Bit ``i`` of the
     mask says value ``i`` is kept; -0.0 is kept as itself (a float32), NaN as a float64.
+
+    A float64 array (the engine's churn check) is encoded by `_encode_row`, the same bytes.
     """
+    if type(vector) is np.ndarray and vector.dtype == _FLOAT64 and vector.ndim == 1:
+        width = len(vector)
+        out = np.empty(_mask_bytes(width) + _length_bytes(width) + 9 * width, dtype=np.uint8)
+        return out[: _encode_row(vector, out)].tobytes()
     mask = 0
     bit = 1
     body = bytearray()
@@ -1044,6 +1070,54 @@ def _encode_record(vector: Sequence[float]) -> bytes:
         + len(body).to_bytes(_length_bytes(width), "little")
         + body
     )
+
+
+_FLOAT64 = np.dtype(np.float64)
+#: `_VALUE_CODES` as two arrays, the values ascending (searched by `_encode_row`).
+_TABLE_VALUES = np.array(sorted(_VALUE_CODES))
+_TABLE_CODES = np.array([_VALUE_CODES[value] for value in sorted(_VALUE_CODES)], dtype=np.uint8)
+
+
+@kernel
+def _encode_row(row: np.ndarray, out: np.ndarray) -> int:  # pragma: no cover - compiled
+    """`_encode_record` of a float64 row, written to ``out`` (room for a record of 9 bytes a
+    value); returns the record's length. The same record: a value is kept when it is not
+    0.0 (-0.0 and NaN are kept), its code is found by equality in the table (-0.0 and NaN
+    have none), else it is a float32 when the float32 nearest to it equals it, else a
+    float64, each in machine order as ``struct`` packs it."""
+    width = row.shape[0]
+    mask_bytes = (width + 7) >> 3
+    header = mask_bytes + (1 if 9 * width < 256 else 2)
+    for index in range(mask_bytes):
+        out[index] = 0
+    at = header
+    size = _TABLE_VALUES.shape[0]
+    for index in range(width):
+        value = row[index]
+        if value != 0.0 or math.copysign(1.0, value) < 0.0:
+            out[index >> 3] |= np.uint8(1 << (index & 7))
+            found = np.searchsorted(_TABLE_VALUES, value)
+            if found < size and _TABLE_VALUES[found] == value:
+                out[at] = _TABLE_CODES[found]
+                at += 1
+            else:
+                single = np.empty(1, dtype=np.float32)
+                single[0] = value
+                if single[0] == value:
+                    out[at] = _FLOAT32_CODE
+                    out[at + 1 : at + 5] = single.view(np.uint8)
+                    at += 5
+                else:
+                    double = np.empty(1, dtype=np.float64)
+                    double[0] = value
+                    out[at] = _FLOAT64_CODE
+                    out[at + 1 : at + 9] = double.view(np.uint8)
+                    at += 9
+    body = at - header
+    out[mask_bytes] = body & 255
+    if header - mask_bytes == 2:
+        out[mask_bytes + 1] = body >> 8
+    return at
 
 
 def _record_starts(flat: bytes, width: int) -> list[int]:
