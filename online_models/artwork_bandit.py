@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from online_models.pcg64_gamma import standard_gamma_draws
-
 __all__ = ["ArtworkBandit"]
 
 _STATE_KIND = "artwork_bandit"
@@ -359,24 +357,15 @@ class ArtworkBandit:
         priors = None
         if explore and styles:
             ordered = sorted(styles)
-            posterior = self._style_posterior
-            posteriors = [posterior(style, context) for style in ordered]
+            self._reseed(draw_key, "\x00styles")
             # One standard-gamma draw per style, times the scale: numpy's gamma(shape, scale)
-            # is exactly ``scale * standard_gamma(shape)`` on the same stream. Shapes above 1
-            # (a page's are: the prior alone is 2 with the default priors) are drawn in one
-            # compiled call that reproduces numpy's stream (`online_models.pcg64_gamma`).
-            drawn = standard_gamma_draws(
-                self._seeder.digest(draw_key, "\x00styles"),
-                np.array(posteriors, dtype=np.float64),
-            )
-            if drawn is not None:
-                priors = dict(zip(ordered, drawn, strict=True))
-            else:
-                self._reseed(draw_key, "\x00styles")
-                standard_gamma = self._generator.standard_gamma
-                priors = {}
-                for style, (shape, rate) in zip(ordered, posteriors, strict=True):
-                    priors[style] = float(standard_gamma(shape) * (1.0 / rate))
+            # is exactly ``scale * standard_gamma(shape)`` on the same stream, and for the
+            # handful of styles a page has, scalar draws cost less than broadcasting arrays.
+            standard_gamma = self._generator.standard_gamma
+            priors = {}
+            for style in ordered:
+                shape, rate = self._style_posterior(style, context)
+                priors[style] = float(standard_gamma(shape) * (1.0 / rate))
         return self.user_style_multipliers(
             styles, context=context, taste=taste, strength=strength, priors=priors
         )
@@ -666,17 +655,13 @@ class _Seeder:
         # (copied) generator.
         return (_Seeder, (self._prefix, self._bit_generator))
 
-    def digest(self, draw_key: str, item_id: str) -> bytes:
-        """The 32-byte hash of ``(seed, draw_key, item_id)`` the state is made of."""
+    def reseed(self, draw_key: str, item_id: str) -> None:
+        """Set the generator's state from the hash of ``(draw_key, item_id)``."""
         key = draw_key.encode()
         # Length-prefixed so ("ab", "c") and ("a", "bc") differ; item_id comes last, unprefixed.
         hasher = self._seed_hash.copy()
         hasher.update(len(key).to_bytes(4, "little") + key + item_id.encode())
-        return hasher.digest()
-
-    def reseed(self, draw_key: str, item_id: str) -> None:
-        """Set the generator's state from the hash of ``(draw_key, item_id)``."""
-        raw = self.digest(draw_key, item_id)
+        raw = hasher.digest()
         # A PCG64 state is a 128-bit position and an odd 128-bit increment (its stream).
         inc = (int.from_bytes(raw[16:], "little") << 1 | 1) & _MASK_128
         self._bit_generator.state = _pcg64_state(int.from_bytes(raw[:16], "little"), inc)
