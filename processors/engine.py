@@ -232,8 +232,8 @@ class Engine:
             not state.session_id
             or (session_id is not None and session_id != state.session_id)
             or ts - state.last_ts > config.session_gap_ms
-        ):  # (`_roll_session`'s test: most events continue their session)
-            self._roll_session(state, event)
+        ):  # a new session (most events continue theirs)
+            self._start_session(state, event)
         # Effects(state=state, event=event), without the keyword call (every event).
         effects = _new_object(Effects)
         effects.state = state
@@ -343,6 +343,8 @@ class Engine:
     def _reject_reason(
         self, event: BehaviourEvent, state: UserState | None, now: int
     ) -> str | None:
+        """Why ``event`` is refused, or None. `process` calls it only when its inline test
+        (the cheap half of every check here) fails: a new check belongs in both."""
         config = self.config
         if event.ts < _EARLIEST_TS:
             return f"ts_out_of_range: ts {event.ts} is before 2000-01-01 (epoch ms expected)"
@@ -363,14 +365,8 @@ class Engine:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def _roll_session(self, state: UserState, event: BehaviourEvent) -> None:
-        new_session = (
-            not state.session_id
-            or (event.session_id is not None and event.session_id != state.session_id)
-            or event.ts - state.last_ts > self.config.session_gap_ms
-        )
-        if not new_session:
-            return
+    def _start_session(self, state: UserState, event: BehaviourEvent) -> None:
+        """``event`` starts a new session (`process` decides): the previous one ends."""
         if state.session_events:
             self._end_session(state)
         state.session_id = event.session_id or f"{state.user_id}-{event.ts}"

@@ -89,13 +89,7 @@ class EventIdWindow:
     def __contains__(self, event_id: object) -> bool:
         if not isinstance(event_id, str):
             return False
-        # `_holds_key` inlined: asked once for every event.
-        ring = self._fingerprints
-        needle = _needle(event_id)
-        at = ring.find(needle)
-        while at > 0 and at & 7:
-            at = ring.find(needle, at + 1)
-        return at >= 0
+        return _holds_key(self._fingerprints, _needle(event_id))
 
     def __len__(self) -> int:
         return len(self._fingerprints) >> 3
@@ -108,11 +102,7 @@ class EventIdWindow:
         """`append` the id unless the window holds it; whether it was new (``id not in
         window``, then `append`: the engine's duplicate check, one fingerprint for both)."""
         needle = _needle(event_id)
-        ring = self._fingerprints
-        at = ring.find(needle)
-        while at > 0 and at & 7:
-            at = ring.find(needle, at + 1)
-        if at >= 0:
+        if _holds_key(self._fingerprints, needle):
             return False
         self._push(needle)
         return True
@@ -810,13 +800,9 @@ class UserState:
         Pages are built in the user's own arm (``PageBuilder`` serves ``state.variant``, which
         never changes), so a state remembers which pages it was served, not their arm.
         """
-        # (`_key_index` inlined: asked for most events)
-        pages = self.recent_pages
-        needle = _page_needle(recommendation_id)
-        at = pages.find(needle)
-        while at > 0 and at & 7:
-            at = pages.find(needle, at + 1)
-        return self.variant if at >= 0 else None
+        if _key_index(self.recent_pages, _page_needle(recommendation_id)) < 0:
+            return None
+        return self.variant
 
     # -- churn snapshots ------------------------------------------------------------------
 

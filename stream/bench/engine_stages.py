@@ -34,6 +34,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("processors.engine", "Engine.process", "process"),
     ("processors.engine", "Engine._reject_reason", "reject checks"),
     ("processors.engine", "Engine._roll_session", "session roll"),
+    ("processors.engine", "Engine._start_session", "session start"),
     ("processors.engine", "Engine._learn_from_outcome", "labels (learn from outcomes)"),
     ("processors.engine", "Engine._served_features", "  served features of a label"),
     ("online_models.blended_ranker", "BlendedRanker.learn_vector", "  ranker learn"),
