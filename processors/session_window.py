@@ -44,8 +44,6 @@ _MAX_EXPOSURE_ITEMS = 128
 _MIN_RESUME_PROGRESS = 0.02
 #: Events whose progress counts (the session's mean progress, continue watching).
 _PROGRESS_TYPES = frozenset({"pause", "completion", "drop_off"})
-#: Events whose affinity weight `_affinity_weight` scales (the others' is the table's).
-_SCALED_AFFINITY_TYPES = frozenset({"hover", "pause", "drop_off"})
 _LN2 = math.log(2.0)
 _MAX_RESUME_PROGRESS = 0.95
 
@@ -102,11 +100,7 @@ def update_window(
         if item is not None:
             genres = item.genres
             if genres:
-                weight = (
-                    _affinity_weight(event)
-                    if event_type in _SCALED_AFFINITY_TYPES
-                    else AFFINITY_WEIGHTS[event_type]  # (what `_affinity_weight` returns)
-                )
+                weight = _affinity_weight(event)
                 if weight:
                     _add_affinity(state, genres, weight, event.ts, config)
             if event_type in TASTE_TYPES:

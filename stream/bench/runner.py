@@ -407,18 +407,21 @@ def _with_receiver(
     after: Callable[[PhaseRunner, dict[str, Any]], None] | None = None,
     coalesced_field: bytes | None = None,
 ) -> dict[str, Any]:
-    receiver = OutputReceiver(
-        bootstrap,
-        out_topic,
-        options.partitions,
-        id_field=id_field,
-        run_id=run_id,
-        fetch_wait_ms=options.fetch_wait_ms,
-        coalesced_field=coalesced_field,
-    )
-    receiver.start()
     producer = _producer(bootstrap, options)
-    runner = PhaseRunner(producer, receiver, in_topic, traffic, templates, answers, run_id)
+    runner = _start_runner(
+        options,
+        bootstrap,
+        producer,
+        traffic,
+        templates,
+        run_id,
+        in_topic,
+        out_topic,
+        id_field,
+        answers,
+        coalesced_field,
+    )
+    receiver = runner.receiver
     try:
         out = _phases(name, runner, options, progress, on_phase)
         if after is not None:
@@ -430,6 +433,34 @@ def _with_receiver(
         producer.flush(5)
         receiver.stop()
         system.stop()
+
+
+def _start_runner(
+    options: BenchOptions,
+    bootstrap: str,
+    producer: Producer,
+    traffic: Traffic,
+    templates: list[EventTemplate],
+    run_id: str,
+    in_topic: str,
+    out_topic: str,
+    id_field: bytes,
+    answers: Callable[[EventTemplate], bool],
+    coalesced_field: bytes | None,
+) -> PhaseRunner:
+    """A phase runner sending to ``in_topic``, its receiver reading ``out_topic`` (started:
+    stop it with ``runner.receiver.stop()``)."""
+    receiver = OutputReceiver(
+        bootstrap,
+        out_topic,
+        options.partitions,
+        id_field=id_field,
+        run_id=run_id,
+        fetch_wait_ms=options.fetch_wait_ms,
+        coalesced_field=coalesced_field,
+    )
+    receiver.start()
+    return PhaseRunner(producer, receiver, in_topic, traffic, templates, answers, run_id)
 
 
 def _measure_worker(
@@ -544,18 +575,18 @@ def _measure_worker(
             tag = f"-s{attempt}"
             fresh = fresh_topics(tag)
             process = start_worker(tag, fresh)
-            receiver = OutputReceiver(
+            runner = _start_runner(
+                options,
                 bootstrap,
+                producer,
+                traffic,
+                templates,
+                run_id,
+                fresh["events"],
                 fresh["recommendations"],
-                options.partitions,
-                id_field=_PAGE_ID_FIELD,
-                run_id=run_id,
-                fetch_wait_ms=options.fetch_wait_ms,
-                coalesced_field=COALESCED_FIELD,
-            )
-            receiver.start()
-            runner = PhaseRunner(
-                producer, receiver, fresh["events"], traffic, templates, _triggers_page, run_id
+                _PAGE_ID_FIELD,
+                _triggers_page,
+                COALESCED_FIELD,
             )
             runner.next_seq = next_seq
             try:
@@ -578,7 +609,7 @@ def _measure_worker(
                 )
             finally:
                 next_seq = runner.next_seq
-                receiver.stop()
+                runner.receiver.stop()
                 process.stop()
             summary["share_of_drain_rate"] = share
             latency = summary["latency"]
