@@ -415,11 +415,19 @@ class PageBuilder:
             self.engagement.item_lifts(item_ids),
         )
         score_array = self._scores(features)
-        arranged, placed_at = self._ordered_rows(
+        row_plans, lengths, placed_at = self._ordered_rows(
             plans, item_ids, position, rows, score_array, plan_positions[:planned]
         )
         placed = tuple(map(item_ids.__getitem__, placed_at.tolist()))
-        page_rows = self._with_artworks(arranged, placed, rows[placed_at], state, recommendation_id)
+        page_rows = self._with_artworks(
+            row_plans,
+            lengths,
+            placed,
+            score_array[placed_at],
+            rows[placed_at],
+            state,
+            recommendation_id,
+        )
         return page_rows, placed, features[placed_at].astype(np.float32)
 
     def _ordered_rows(
@@ -430,10 +438,11 @@ class PageBuilder:
         rows: np.ndarray,
         scores: np.ndarray,
         plan_positions: Sequence[int] | np.ndarray | None = None,
-    ) -> tuple[list[tuple[_RowPlan, list[tuple[str, float]]]], np.ndarray]:
-        """The candidates' order, "Top picks" and the arranged rows, with the candidate index
-        of every placed title (page order), in one compiled pass (`processors.arrangement`);
-        a page whose scores tie takes `_diversified` and `_arrange`, where item ids decide.
+    ) -> tuple[list[_RowPlan], list[int], np.ndarray]:
+        """The candidates' order, "Top picks" and the arranged rows: each row's plan, how
+        many titles it shows, and the candidate index of every placed title (page order),
+        in one compiled pass (`processors.arrangement`); a page whose scores tie takes
+        `_diversified` and `_arrange`, where item ids decide.
 
         ``plan_positions`` are the plans' candidate indices one plan after the other (looked
         up in ``position`` when not given)."""
@@ -464,21 +473,24 @@ class PageBuilder:
             plans.append(_RowPlan("top-picks", "Top picks for you", top_picks, ordered=True))
             arranged = self._arrange(plans, score_of, rank_of)
             placed_at = [position[item_id] for _, items in arranged for item_id, _ in items]
-            return arranged, np.array(placed_at, dtype=np.intp)
-        id_at = item_ids.__getitem__
+            return (
+                [plan for plan, _ in arranged],
+                [len(items) for _, items in arranged],
+                np.array(placed_at, dtype=np.intp),
+            )
         plans.append(
             _RowPlan(
-                "top-picks", "Top picks for you", list(map(id_at, page.top_picks)), ordered=True
+                "top-picks",
+                "Top picks for you",
+                list(map(item_ids.__getitem__, page.top_picks)),
+                ordered=True,
             )
         )
-        placed = page.placed
-        pairs = list(zip(map(id_at, placed), map(scores.tolist().__getitem__, placed)))  # noqa: B905
-        arranged = []
-        start = 0
-        for plan, length in zip(page.plans, page.lengths, strict=True):
-            arranged.append((plans[plan], pairs[start : start + length]))
-            start += length
-        return arranged, np.array(placed, dtype=np.intp)
+        return (
+            list(map(plans.__getitem__, page.plans)),
+            page.lengths,
+            np.array(page.placed, dtype=np.intp),
+        )
 
     def _first_seen(self, ids: list[str], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`processors.candidates.first_seen` of the sources' ids and table rows (``keys``):
@@ -533,27 +545,26 @@ class PageBuilder:
 
     def _with_artworks(
         self,
-        arranged: list[tuple[_RowPlan, list[tuple[str, float]]]],
+        row_plans: list[_RowPlan],
+        lengths: list[int],
         placed_ids: tuple[str, ...],
+        placed_scores: np.ndarray,
         placed_rows: np.ndarray,
         state: UserState,
         recommendation_id: str,
     ) -> tuple[PageRow, ...]:
         """Choose every placed item's artwork, then render the rows.
 
-        ``placed_ids`` are the arranged items in page order, ``placed_rows`` their
-        `ItemTable` rows (taken from the candidates' rows: no second lookup per item).
+        ``placed_ids`` are the arranged items in page order (``lengths[r]`` of them on row
+        ``r``, of plan ``row_plans[r]``), ``placed_scores`` their scores and ``placed_rows``
+        their `ItemTable` rows (taken from the candidates' arrays: no second lookup per item).
         """
         chosen = self._artworks(placed_ids, placed_rows, state, recommendation_id)
-        # The placed items' scores, and then each row's share of the rendered items, in C
-        # iteration (`_second` of a row is its ``(item_id, score)`` pairs, of a pair its score).
-        scores = round6_many(list(map(_second, chain.from_iterable(map(_second, arranged)))))
-        rendered = iter(_page_items(placed_ids, scores, chosen))
-        plans = [plan for plan, _ in arranged]
+        rendered = iter(_page_items(placed_ids, round6_many(placed_scores), chosen))
         return _page_rows(
-            [plan.row_id for plan in plans],
-            [plan.title for plan in plans],
-            [tuple(islice(rendered, len(items))) for _, items in arranged],
+            [plan.row_id for plan in row_plans],
+            [plan.title for plan in row_plans],
+            [tuple(islice(rendered, length)) for length in lengths],
         )
 
     def _artworks(

@@ -98,11 +98,18 @@ def test_compiled_rows_equal_the_python_rows(seed: int, monkeypatch: pytest.Monk
         position = {item_id: k for k, item_id in enumerate(candidates)}
         rows = builder.items.rows(candidates)
         tied = len(set(scores.tolist())) < len(scores)
-        arranged, placed_at = builder._ordered_rows(plans, candidates, position, rows, scores)
+        row_plans, lengths, placed_at = builder._ordered_rows(
+            plans, candidates, position, rows, scores
+        )
         compiled_ties += tied and answered[-1]
-        assert [(plan.row_id, items) for plan, items in arranged] == expected
-        placed = [item_id for _, items in arranged for item_id, _ in items]
-        assert [candidates[k] for k in placed_at.tolist()] == placed
+        pairs = [(candidates[k], scores[k].item()) for k in placed_at.tolist()]
+        starts = np.cumsum([0, *lengths]).tolist()
+        arranged = [
+            (plan.row_id, pairs[start:end])
+            for plan, start, end in zip(row_plans, starts, starts[1:], strict=False)
+        ]
+        assert arranged == expected
+        assert len(pairs) == sum(lengths)
     assert compiled_ties >= 3, "the compiled path must decide ties by id, not only fall back"
 
 
