@@ -41,13 +41,14 @@ class ArrangedPage:
     __slots__ = ("lengths", "placed", "plans", "top_picks")
 
     def __init__(
-        self, plans: list[int], lengths: list[int], placed: list[int], top_picks: list[int]
+        self, plans: list[int], lengths: list[int], placed: np.ndarray, top_picks: list[int]
     ) -> None:
         #: Index into the caller's plans of each row, in page order ("Top picks" is the last).
         self.plans = plans
         #: How many titles each row shows.
         self.lengths = lengths
-        #: Candidate indices of every placed title, row after row, in display order.
+        #: Candidate indices of every placed title, row after row, in display order (an
+        #: array: the caller gathers the placed titles' rows, scores and features with it).
         self.placed = placed
         #: Candidate indices of the "Top picks" plan (before placement).
         self.top_picks = top_picks
@@ -55,10 +56,11 @@ class ArrangedPage:
     @property
     def positions(self) -> list[list[int]]:
         """Candidate indices of each row's titles, in display order."""
+        placed = self.placed.tolist()
         rows = []
         start = 0
         for length in self.lengths:
-            rows.append(self.placed[start : start + length])
+            rows.append(placed[start : start + length])
             start += length
         return rows
 
@@ -134,7 +136,7 @@ def arrange(
     return ArrangedPage(
         values[:n_rows],
         lengths,
-        values[placed_from : placed_from + sum(lengths)],
+        out[placed_from : placed_from + sum(lengths)],  # ``out`` is this call's own
         values[top_from : top_from + n_top],
     )
 

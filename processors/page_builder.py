@@ -489,7 +489,7 @@ class PageBuilder:
         return (
             list(map(plans.__getitem__, page.plans)),
             page.lengths,
-            np.array(page.placed, dtype=np.intp),
+            page.placed,
         )
 
     def _first_seen(self, ids: list[str], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
