@@ -242,7 +242,7 @@ def _neighbours(
     order whatever slots the sessions occupy.
     """
     count = len(serial)
-    by_serial = np.argsort(serial)  # serials are unique: any sort gives this order
+    by_serial = _order_of_unique(serial)
     if count <= k and (not sample_size or count <= sample_size):
         return by_serial
     ts, similarity = ts[by_serial], similarity[by_serial]
@@ -254,6 +254,17 @@ def _neighbours(
         closest = recent[np.argsort(similarity[recent], kind="mergesort")]
         kept = _last_in_order(closest, k, count)
     return by_serial[kept]
+
+
+@kernel(called_by_kernels_only=True)
+def _order_of_unique(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values)`` of distinct values (any sort gives that order), without the
+    sort when they are already increasing: a title's holders are appended as sessions take
+    it up, so about half of the queries find them in creation order."""
+    for at in range(1, len(values)):
+        if values[at] < values[at - 1]:
+            return np.argsort(values)
+    return np.arange(len(values))
 
 
 @kernel(called_by_kernels_only=True)
@@ -294,10 +305,12 @@ def _item_scores(
         anchor = 0
         if len(decay):
             # Click numbers are >= 0 and every neighbour shares an item.
-            for packed in flat[begin:end]:
+            for entry in range(begin, end):  # indices, not a view of ``flat`` per neighbour
+                packed = flat[entry]
                 if in_query[packed & _ITEM_MASK] and packed >> 32 > anchor:
                     anchor = packed >> 32
-        for packed in flat[begin:end]:
+        for entry in range(begin, end):
+            packed = flat[entry]
             iid = packed & _ITEM_MASK
             gain = gains[at]
             if len(decay):

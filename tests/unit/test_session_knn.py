@@ -762,3 +762,11 @@ def test_compiled_query_is_bit_identical_to_plain_loops(params: dict[str, object
         assert knn.recommend(query, n, exclude_session=exclude) == expected
     assert knn._next_serial > 2 * knn.max_sessions
     _assert_consistent(knn)
+
+
+def test_order_of_unique_is_argsort() -> None:
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 7, 178):
+        values = rng.permutation(10 * size + 1)[:size].astype(np.int64)
+        for case in (values, np.sort(values)):
+            assert knn_module._order_of_unique(case).tolist() == np.argsort(case).tolist()
