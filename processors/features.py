@@ -129,18 +129,26 @@ def session_features(state: UserState, now: int, config: EngineConfig) -> list[f
 def _genre_focus(state: UserState, now: int, half_life_ms: int) -> float:
     """The strongest positive decayed genre affinity's share of all positive ones.
 
-    ``w * 1.0`` is ``w`` for every float, so the multiplication is skipped when nothing
-    decayed (the event just added to the affinity, the usual case).
+    One pass instead of lists of the decayed and the positive weights, ``max`` and ``sum``
+    (every churn check): the same values, the largest the first of equals as ``max`` keeps
+    it and the sum added up in order from 0.0 as ``sum`` adds it. The weights decay only
+    when time passed since the affinity's clock (`decay_factor` is exactly 1.0 otherwise,
+    and ``w * 1.0`` is ``w``): usually the event just added to it.
     """
     affinity = state.genre_affinity
     if not affinity:
         return 0.0
-    weights = affinity.values()
-    factor = decay_factor(now - state.affinity_ts, half_life_ms)
-    if factor != 1.0:
-        weights = [weight * factor for weight in weights]
-    positive = [weight for weight in weights if weight > 0]
-    return max(positive) / sum(positive) if positive else 0.0
+    elapsed = now - state.affinity_ts
+    factor = decay_factor(elapsed, half_life_ms) if elapsed > 0 else 1.0
+    top = total = 0.0
+    for weight in affinity.values():
+        if factor != 1.0:
+            weight *= factor
+        if weight > 0:
+            total += weight
+            if weight > top:
+                top = weight
+    return top / total if total else 0.0
 
 
 def _device_flags(device: str | None) -> tuple[float, float]:

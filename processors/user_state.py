@@ -811,7 +811,9 @@ class UserState:
 
         The session's first snapshot and the latest ones are kept, ``limit`` in all. Every
         snapshot of a session has the same number of values (ValueError otherwise: the
-        records are read back at the session's width).
+        records are read back at the session's width). A float64 array (the engine's churn
+        check, most events) is added by one compiled pass, `_append_row`; the records are
+        the same.
         """
         width = len(vector)
         if width > _MAX_SNAPSHOT_WIDTH:
@@ -820,6 +822,12 @@ class UserState:
         if snapshots and width != self.churn_width:
             raise ValueError(f"a churn snapshot of {width} values after {self.churn_width}")
         self.churn_width = width
+        if type(vector) is np.ndarray and vector.dtype == _FLOAT64 and vector.ndim == 1:
+            # (a record: at most 9 bytes a value and a header of at most 7 + 2 bytes)
+            out = bytearray(len(snapshots) + 9 * (width + 1))
+            del out[_append_row(snapshots, vector, limit, out) :]
+            self.churn_snapshots = bytes(out)
+            return
         snapshots += _encode_record(vector)
         starts = _record_starts(snapshots, width)
         if len(starts) > max(limit, 1):
@@ -1022,12 +1030,8 @@ def _encode_record(vector: Sequence[float]) -> bytes:
     or cosine: ~35 bytes a snapshot instead of 80 as non-zero doubles. Bit ``i`` of the
     mask says value ``i`` is kept; -0.0 is kept as itself (a float32), NaN as a float64.
 
-    A float64 array (the engine's churn check) is encoded by `_encode_row`, the same bytes.
+    `_write_record` writes the same record for a float64 array (the engine's churn check).
     """
-    if type(vector) is np.ndarray and vector.dtype == _FLOAT64 and vector.ndim == 1:
-        width = len(vector)
-        out = np.empty(_mask_bytes(width) + _length_bytes(width) + 9 * width, dtype=np.uint8)
-        return out[: _encode_row(vector, out)].tobytes()
     mask = 0
     bit = 1
     body = bytearray()
@@ -1059,50 +1063,97 @@ def _encode_record(vector: Sequence[float]) -> bytes:
 
 
 _FLOAT64 = np.dtype(np.float64)
-#: `_VALUE_CODES` as two arrays, the values ascending (searched by `_encode_row`).
+#: `_VALUE_CODES` as two arrays, the values ascending (searched by `_write_record`).
 _TABLE_VALUES = np.array(sorted(_VALUE_CODES))
 _TABLE_CODES = np.array([_VALUE_CODES[value] for value in sorted(_VALUE_CODES)], dtype=np.uint8)
 
 
 @kernel
-def _encode_row(row: np.ndarray, out: np.ndarray) -> int:  # pragma: no cover - compiled
-    """`_encode_record` of a float64 row, written to ``out`` (room for a record of 9 bytes a
-    value); returns the record's length. The same record: a value is kept when it is not
-    0.0 (-0.0 and NaN are kept), its code is found by equality in the table (-0.0 and NaN
-    have none), else it is a float32 when the float32 nearest to it equals it, else a
-    float64, each in machine order as ``struct`` packs it."""
+def _append_row(
+    flat: bytes, row: np.ndarray, limit: int, out: bytearray
+) -> int:  # pragma: no cover - compiled
+    """`UserState.add_churn_snapshot` of a float64 row in one compiled pass (the churn check,
+    most events): ``out`` gets the records of ``flat``, the second left out when with the
+    row's there would be more than ``limit`` (at least 1), then the row's record unless it
+    is the one left out; returns the length written (``out`` has room for ``flat`` and a
+    record of 9 bytes a value). The Python path's encoding, `_record_starts` walk and
+    slices took ~5 times as long, most of it in calls and small allocations."""
+    width = row.shape[0]
+    mask_bytes = (width + 7) >> 3
+    long_length = 9 * width >= 256
+    header = mask_bytes + (2 if long_length else 1)
+    end = len(flat)
+    count = 0  # records in flat, and where its second and third start (`_record_starts`)
+    second = third = end
+    at = 0
+    while at < end:
+        if count == 1:
+            second = at
+        elif count == 2:
+            third = at
+        body = flat[at + mask_bytes]
+        if long_length:
+            body |= flat[at + mask_bytes + 1] << 8
+        at += header + body
+        count += 1
+    if count + 1 <= max(limit, 1):  # no record left out
+        second = third = end
+    elif count == 1:  # two records with a limit of 1: the new one is the second
+        for index in range(end):
+            out[index] = flat[index]
+        return end
+    size = 0
+    for index in range(second):
+        out[size] = flat[index]
+        size += 1
+    for index in range(third, end):
+        out[size] = flat[index]
+        size += 1
+    return _write_record(row, out, size)
+
+
+@kernel(called_by_kernels_only=True)
+def _write_bits(bits: int, size: int, out: np.ndarray, at: int) -> None:  # pragma: no cover
+    """The ``size`` low bytes of ``bits`` to ``out[at:]`` in machine order (as ``struct``)."""
+    for byte in range(size):
+        shift = 8 * byte if _LITTLE_ENDIAN else 8 * (size - 1 - byte)
+        out[at + byte] = (bits >> np.uint64(shift)) & np.uint64(255)
+
+
+@kernel(called_by_kernels_only=True)
+def _write_record(row: np.ndarray, out: np.ndarray, start: int) -> int:  # pragma: no cover
+    """`_encode_record` of a float64 row written to ``out`` from ``start``; returns where it
+    ends. The same record: a value is kept when it is not 0.0 (-0.0 and NaN are kept), its
+    code is found by equality in the table (-0.0 and NaN have none), else it is a float32
+    when the float32 nearest to it equals it, else a float64, each in machine order as
+    ``struct`` packs it."""
     width = row.shape[0]
     mask_bytes = (width + 7) >> 3
     header = mask_bytes + (1 if 9 * width < 256 else 2)
     for index in range(mask_bytes):
-        out[index] = 0
-    at = header
+        out[start + index] = 0
+    at = start + header
     size = _TABLE_VALUES.shape[0]
     for index in range(width):
         value = row[index]
         if value != 0.0 or math.copysign(1.0, value) < 0.0:
-            out[index >> 3] |= np.uint8(1 << (index & 7))
+            out[start + (index >> 3)] |= np.uint8(1 << (index & 7))
             found = np.searchsorted(_TABLE_VALUES, value)
             if found < size and _TABLE_VALUES[found] == value:
                 out[at] = _TABLE_CODES[found]
                 at += 1
+            elif np.float32(value) == value:
+                out[at] = _FLOAT32_CODE
+                _write_bits(np.uint64(np.float32(value).view(np.uint32)), 4, out, at + 1)
+                at += 5
             else:
-                single = np.empty(1, dtype=np.float32)
-                single[0] = value
-                if single[0] == value:
-                    out[at] = _FLOAT32_CODE
-                    out[at + 1 : at + 5] = single.view(np.uint8)
-                    at += 5
-                else:
-                    double = np.empty(1, dtype=np.float64)
-                    double[0] = value
-                    out[at] = _FLOAT64_CODE
-                    out[at + 1 : at + 9] = double.view(np.uint8)
-                    at += 9
-    body = at - header
-    out[mask_bytes] = body & 255
+                out[at] = _FLOAT64_CODE
+                _write_bits(np.float64(value).view(np.uint64), 8, out, at + 1)
+                at += 9
+    body = at - start - header
+    out[start + mask_bytes] = body & 255
     if header - mask_bytes == 2:
-        out[mask_bytes + 1] = body >> 8
+        out[start + mask_bytes + 1] = body >> 8
     return at
 
 
