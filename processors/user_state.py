@@ -15,12 +15,13 @@ import sys
 from array import array
 from base64 import b64decode, b64encode
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from hashlib import blake2b
 from typing import Any, NoReturn
 
 import numpy as np
 
 from processors.compiled import kernel
-from processors.ids import stable_digest64, stable_hash64
+from processors.ids import stable_hash64
 
 __all__ = [
     "EVENT_TYPE_INDEX",
@@ -102,7 +103,7 @@ class EventIdWindow:
         """`append` the id unless the window holds it; whether it was new (``id not in
         window``, then `append`: the engine's duplicate check, one fingerprint for both)."""
         needle = _needle(event_id)
-        if _holds_key(self._fingerprints, needle):
+        if _key_index(self._fingerprints, needle) >= 0:
             return False
         self._push(needle)
         return True
@@ -154,29 +155,16 @@ def _key_bytes(key: int) -> bytes:
     return key.to_bytes(8, sys.byteorder)
 
 
-def _fingerprint_bytes(text: str) -> bytes:
-    """``_key_bytes(stable_hash64(text))`` without the round trip through an int: the hash
-    is the big-endian reading of the digest, so its machine-order bytes are the digest
-    itself, reversed on a little-endian machine."""
-    digest = stable_digest64(text)
-    return digest[::-1] if _LITTLE_ENDIAN else digest
-
-
 _LITTLE_ENDIAN = sys.byteorder == "little"
-
-#: The engine asks about the same id two or three times in a row (late check, dedup, append).
-_last_needle: tuple[str, bytes] = ("", _key_bytes(stable_hash64("")))
 
 
 def _needle(event_id: str) -> bytes:
-    """The id's fingerprint as the 8 bytes the ring holds."""
-    global _last_needle
-    last_id, last = _last_needle
-    if event_id == last_id:
-        return last
-    needle = _fingerprint_bytes(event_id)
-    _last_needle = (event_id, needle)
-    return needle
+    """The id's fingerprint as the 8 bytes the ring holds: ``_key_bytes(stable_hash64(id))``,
+    worked out directly (every event): the hash of one part is the big-endian reading of the
+    blake2b digest of its UTF-8 bytes (``processors.ids``), so its machine-order bytes are
+    the digest itself, reversed on a little-endian machine."""
+    digest = blake2b(event_id.encode(), digest_size=8).digest()
+    return digest[::-1] if _LITTLE_ENDIAN else digest
 
 
 def page_key(recommendation_id: str) -> int:

@@ -431,7 +431,7 @@ def test_event_id_fingerprints_are_the_stable_hash_in_machine_order() -> None:
 
     for event_id in ("", "e-1", "é" * 40, "x" * 300):
         expected = stable_hash64(event_id).to_bytes(8, sys.byteorder)
-        assert user_state._fingerprint_bytes(event_id) == expected
+        assert user_state._needle(event_id) == expected
 
 
 def test_page_variant_knows_the_recent_pages_asked_about_in_any_order() -> None:
