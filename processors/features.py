@@ -93,9 +93,11 @@ def session_features(state: UserState, now: int, config: EngineConfig) -> list[f
     counts = state.type_counts
     log1p = math.log1p
     impressions, hovers, clicks, scrolls = counts[0], counts[1], counts[2], counts[3]
-    age_ms = max(state.last_ts - state.session_start, 0)
-    age_min = age_ms / 60_000.0
-    speed = state.session_events / max(age_min, 0.5)  # events per minute, floor avoids blow-ups
+    # (`max(age, 0)` and `max(age_min, 0.5)` as comparisons: the same values, no calls)
+    age_ms = state.last_ts - state.session_start
+    age_min = (age_ms if age_ms > 0 else 0) / 60_000.0
+    # events per minute, the floor avoids blow-ups
+    speed = state.session_events / (0.5 if age_min < 0.5 else age_min)
     focus = _genre_focus(state, now, config.genre_half_life_ms)
     # The memoized lookups first (`_device_flags` and `_hour_waves` compute what they miss).
     device = state.device

@@ -326,10 +326,11 @@ class PairMap(_ArrayMap):
             return default
         return _PAIR.unpack_from(self._values, 16 * keys.index(key))
 
-    def add_to_each(self, keys: Iterable[str], first: float, second: float) -> None:
+    def add_to_each(self, keys: Iterable[str], first: float, second: float) -> int:
         """``self[key] = (old_first + first, old_second + second)`` for each key in turn, a
         missing key's old pair being ``(0.0, 0.0)``: the same sums, in one copy of the
-        values instead of one per key (``processors.taste.add_evidence``, every event)."""
+        values instead of one per key (``processors.taste.add_evidence``, every event).
+        Returns how many keys the map holds then (``len``, without a second call)."""
         own = self._keys
         values = array("d", self._values)
         for key in keys:
@@ -343,6 +344,7 @@ class PairMap(_ArrayMap):
                 values.append(0.0 + second)
         self._keys = own
         self._values = values.tobytes()
+        return len(own)
 
     def items(self) -> list[tuple[str, tuple[float, float]]]:  # type: ignore[override]
         """The pairs as a list, in one pass over the values (the generic view looks every key
@@ -408,10 +410,11 @@ class FloatMap(_ArrayMap):
         del self[key]
         return value
 
-    def decay_and_add(self, factor: float, keys: Iterable[str], amount: float) -> None:
+    def decay_and_add(self, factor: float, keys: Iterable[str], amount: float) -> int:
         """`scale` by ``factor`` (skipped when it is 1.0: ``value * 1.0`` is ``value``), then
         ``self[key] = self.get(key, 0.0) + amount`` for each key in turn: the same values, in
-        one copy instead of one per key (the genre affinity, most events)."""
+        one copy instead of one per key (the genre affinity, most events). Returns how many
+        keys the map holds then."""
         own = self._keys
         values = array("d", self._values)
         if factor != 1.0:
@@ -424,6 +427,7 @@ class FloatMap(_ArrayMap):
                 values.append(0.0 + amount)
         self._keys = own
         self._values = values.tobytes()
+        return len(own)
 
     def scale(self, factor: float) -> None:
         """Multiply every value by ``factor`` (``value * factor`` each, as ``map[k] *= f``

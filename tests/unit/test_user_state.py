@@ -411,12 +411,12 @@ def test_adding_to_several_keys_at_once_gives_the_per_key_sums() -> None:
     for _ in range(300):
         keys = tuple(rng.choice(genres) for _ in range(rng.randint(1, 3)))
         first, second = rng.random() / 3.0, rng.choice((0.0, -0.0, 1.0, rng.random()))
-        pairs.add_to_each(keys, first, second)
+        assert pairs.add_to_each(keys, first, second) == len(set(pairs) | set(keys))
         for key in keys:
             old_first, old_second = pair_reference.get(key, (0.0, 0.0))
             pair_reference[key] = (old_first + first, old_second + second)
         factor = rng.choice((1.0, rng.random()))
-        floats.decay_and_add(factor, keys, -second)
+        assert floats.decay_and_add(factor, keys, -second) == len(floats)
         if factor != 1.0 and float_reference:
             float_reference.scale(factor)
         for key in keys:
