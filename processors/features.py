@@ -137,13 +137,13 @@ def _genre_focus(state: UserState, now: int, half_life_ms: int) -> float:
     when time passed since the affinity's clock (`decay_factor` is exactly 1.0 otherwise,
     and ``w * 1.0`` is ``w``): usually the event just added to it.
     """
-    affinity = state.genre_affinity
-    if not affinity:
+    weights = state.genre_affinity.values()  # (a list: no call to the map's `__len__`)
+    if not weights:
         return 0.0
     elapsed = now - state.affinity_ts
     factor = decay_factor(elapsed, half_life_ms) if elapsed > 0 else 1.0
     top = total = 0.0
-    for weight in affinity.values():
+    for weight in weights:
         if factor != 1.0:
             weight *= factor
         if weight > 0:

@@ -163,8 +163,14 @@ def _needle(event_id: str) -> bytes:
     worked out directly (every event): the hash of one part is the big-endian reading of the
     blake2b digest of its UTF-8 bytes (``processors.ids``), so its machine-order bytes are
     the digest itself, reversed on a little-endian machine."""
-    digest = blake2b(event_id.encode(), digest_size=8).digest()
+    hasher = _FRESH_BLAKE2B.copy()  # (a copy of a fresh one: no keyword arguments to parse)
+    hasher.update(event_id.encode())
+    digest = hasher.digest()
     return digest[::-1] if _LITTLE_ENDIAN else digest
+
+
+#: A blake2b with `processors.ids`' parameters and nothing hashed yet, copied for each id.
+_FRESH_BLAKE2B = blake2b(digest_size=8)
 
 
 def page_key(recommendation_id: str) -> int:
