@@ -133,7 +133,8 @@ def _genre_focus(state: UserState, now: int, half_life_ms: int) -> float:
 
     One pass instead of lists of the decayed and the positive weights, ``max`` and ``sum``
     (every churn check): the same values, the largest the first of equals as ``max`` keeps
-    it and the sum added up in order from 0.0 as ``sum`` adds it. The weights decay only
+    it and the sum added up in order from 0.0 as Python 3.11's ``sum`` of floats adds it
+    (3.12's compensates). The weights decay only
     when time passed since the affinity's clock (`decay_factor` is exactly 1.0 otherwise,
     and ``w * 1.0`` is ``w``): usually the event just added to it.
     """
