@@ -146,8 +146,8 @@ def _add_affinity(
     else:  # out-of-order event: add it as already decayed to the window's clock
         age_factor = decay_factor(state.affinity_ts - ts, config.genre_half_life_ms)
     share = weight * age_factor / len(genres)
-    affinity.decay_and_add(factor, genres, share)
-    if len(affinity) > config.max_genres:
+    # (the size the update returns: `len` of the map is a call to its Python `__len__`)
+    if affinity.decay_and_add(factor, genres, share) > config.max_genres:
         weakest = min(affinity, key=lambda genre: abs(affinity[genre]))
         del affinity[weakest]
 

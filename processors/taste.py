@@ -98,12 +98,13 @@ def add_evidence(
         return
     share = 1.0 / len(keys)
     if type(evidence) is PairMap:  # the states' evidence: one copy of its values, same sums
-        evidence.add_to_each(keys, engaged * share, examined * share)
+        size = evidence.add_to_each(keys, engaged * share, examined * share)  # (its new len)
     else:
         for key in keys:
             first, second = evidence.get(key, _NONE)
             evidence[key] = (first + engaged * share, second + examined * share)
-    if len(evidence) > limit:
+        size = len(evidence)
+    if size > limit:
         weakest = min(evidence, key=lambda key: evidence[key][1] + evidence[key][0])
         del evidence[weakest]
 

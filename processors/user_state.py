@@ -15,12 +15,13 @@ import sys
 from array import array
 from base64 import b64decode, b64encode
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from hashlib import blake2b
 from typing import Any, NoReturn
 
 import numpy as np
 
 from processors.compiled import kernel
-from processors.ids import stable_digest64, stable_hash64
+from processors.ids import stable_hash64
 
 __all__ = [
     "EVENT_TYPE_INDEX",
@@ -102,7 +103,7 @@ class EventIdWindow:
         """`append` the id unless the window holds it; whether it was new (``id not in
         window``, then `append`: the engine's duplicate check, one fingerprint for both)."""
         needle = _needle(event_id)
-        if _holds_key(self._fingerprints, needle):
+        if _key_index(self._fingerprints, needle) >= 0:
             return False
         self._push(needle)
         return True
@@ -154,29 +155,22 @@ def _key_bytes(key: int) -> bytes:
     return key.to_bytes(8, sys.byteorder)
 
 
-def _fingerprint_bytes(text: str) -> bytes:
-    """``_key_bytes(stable_hash64(text))`` without the round trip through an int: the hash
-    is the big-endian reading of the digest, so its machine-order bytes are the digest
-    itself, reversed on a little-endian machine."""
-    digest = stable_digest64(text)
-    return digest[::-1] if _LITTLE_ENDIAN else digest
-
-
 _LITTLE_ENDIAN = sys.byteorder == "little"
-
-#: The engine asks about the same id two or three times in a row (late check, dedup, append).
-_last_needle: tuple[str, bytes] = ("", _key_bytes(stable_hash64("")))
 
 
 def _needle(event_id: str) -> bytes:
-    """The id's fingerprint as the 8 bytes the ring holds."""
-    global _last_needle
-    last_id, last = _last_needle
-    if event_id == last_id:
-        return last
-    needle = _fingerprint_bytes(event_id)
-    _last_needle = (event_id, needle)
-    return needle
+    """The id's fingerprint as the 8 bytes the ring holds: ``_key_bytes(stable_hash64(id))``,
+    worked out directly (every event): the hash of one part is the big-endian reading of the
+    blake2b digest of its UTF-8 bytes (``processors.ids``), so its machine-order bytes are
+    the digest itself, reversed on a little-endian machine."""
+    hasher = _FRESH_BLAKE2B.copy()  # (a copy of a fresh one: no keyword arguments to parse)
+    hasher.update(event_id.encode())
+    digest = hasher.digest()
+    return digest[::-1] if _LITTLE_ENDIAN else digest
+
+
+#: A blake2b with `processors.ids`' parameters and nothing hashed yet, copied for each id.
+_FRESH_BLAKE2B = blake2b(digest_size=8)
 
 
 def page_key(recommendation_id: str) -> int:
@@ -338,10 +332,11 @@ class PairMap(_ArrayMap):
             return default
         return _PAIR.unpack_from(self._values, 16 * keys.index(key))
 
-    def add_to_each(self, keys: Iterable[str], first: float, second: float) -> None:
+    def add_to_each(self, keys: Iterable[str], first: float, second: float) -> int:
         """``self[key] = (old_first + first, old_second + second)`` for each key in turn, a
         missing key's old pair being ``(0.0, 0.0)``: the same sums, in one copy of the
-        values instead of one per key (``processors.taste.add_evidence``, every event)."""
+        values instead of one per key (``processors.taste.add_evidence``, every event).
+        Returns how many keys the map holds then (``len``, without a second call)."""
         own = self._keys
         values = array("d", self._values)
         for key in keys:
@@ -355,6 +350,7 @@ class PairMap(_ArrayMap):
                 values.append(0.0 + second)
         self._keys = own
         self._values = values.tobytes()
+        return len(own)
 
     def items(self) -> list[tuple[str, tuple[float, float]]]:  # type: ignore[override]
         """The pairs as a list, in one pass over the values (the generic view looks every key
@@ -420,10 +416,11 @@ class FloatMap(_ArrayMap):
         del self[key]
         return value
 
-    def decay_and_add(self, factor: float, keys: Iterable[str], amount: float) -> None:
+    def decay_and_add(self, factor: float, keys: Iterable[str], amount: float) -> int:
         """`scale` by ``factor`` (skipped when it is 1.0: ``value * 1.0`` is ``value``), then
         ``self[key] = self.get(key, 0.0) + amount`` for each key in turn: the same values, in
-        one copy instead of one per key (the genre affinity, most events)."""
+        one copy instead of one per key (the genre affinity, most events). Returns how many
+        keys the map holds then."""
         own = self._keys
         values = array("d", self._values)
         if factor != 1.0:
@@ -436,6 +433,7 @@ class FloatMap(_ArrayMap):
                 values.append(0.0 + amount)
         self._keys = own
         self._values = values.tobytes()
+        return len(own)
 
     def scale(self, factor: float) -> None:
         """Multiply every value by ``factor`` (``value * factor`` each, as ``map[k] *= f``
@@ -811,7 +809,9 @@ class UserState:
 
         The session's first snapshot and the latest ones are kept, ``limit`` in all. Every
         snapshot of a session has the same number of values (ValueError otherwise: the
-        records are read back at the session's width).
+        records are read back at the session's width). A float64 array (the engine's churn
+        check, most events) is added by one compiled pass, `_append_row`; the records are
+        the same.
         """
         width = len(vector)
         if width > _MAX_SNAPSHOT_WIDTH:
@@ -820,6 +820,12 @@ class UserState:
         if snapshots and width != self.churn_width:
             raise ValueError(f"a churn snapshot of {width} values after {self.churn_width}")
         self.churn_width = width
+        if type(vector) is np.ndarray and vector.dtype == _FLOAT64 and vector.ndim == 1:
+            # (a record: at most 9 bytes a value and a header of at most 7 + 2 bytes)
+            out = bytearray(len(snapshots) + 9 * (width + 1))
+            del out[_append_row(snapshots, vector, limit, out) :]
+            self.churn_snapshots = bytes(out)
+            return
         snapshots += _encode_record(vector)
         starts = _record_starts(snapshots, width)
         if len(starts) > max(limit, 1):
@@ -1022,12 +1028,8 @@ def _encode_record(vector: Sequence[float]) -> bytes:
     or cosine: ~35 bytes a snapshot instead of 80 as non-zero doubles. Bit ``i`` of the
     mask says value ``i`` is kept; -0.0 is kept as itself (a float32), NaN as a float64.
 
-    A float64 array (the engine's churn check) is encoded by `_encode_row`, the same bytes.
+    `_write_record` writes the same record for a float64 array (the engine's churn check).
     """
-    if type(vector) is np.ndarray and vector.dtype == _FLOAT64 and vector.ndim == 1:
-        width = len(vector)
-        out = np.empty(_mask_bytes(width) + _length_bytes(width) + 9 * width, dtype=np.uint8)
-        return out[: _encode_row(vector, out)].tobytes()
     mask = 0
     bit = 1
     body = bytearray()
@@ -1059,50 +1061,97 @@ def _encode_record(vector: Sequence[float]) -> bytes:
 
 
 _FLOAT64 = np.dtype(np.float64)
-#: `_VALUE_CODES` as two arrays, the values ascending (searched by `_encode_row`).
+#: `_VALUE_CODES` as two arrays, the values ascending (searched by `_write_record`).
 _TABLE_VALUES = np.array(sorted(_VALUE_CODES))
 _TABLE_CODES = np.array([_VALUE_CODES[value] for value in sorted(_VALUE_CODES)], dtype=np.uint8)
 
 
 @kernel
-def _encode_row(row: np.ndarray, out: np.ndarray) -> int:  # pragma: no cover - compiled
-    """`_encode_record` of a float64 row, written to ``out`` (room for a record of 9 bytes a
-    value); returns the record's length. The same record: a value is kept when it is not
-    0.0 (-0.0 and NaN are kept), its code is found by equality in the table (-0.0 and NaN
-    have none), else it is a float32 when the float32 nearest to it equals it, else a
-    float64, each in machine order as ``struct`` packs it."""
+def _append_row(
+    flat: bytes, row: np.ndarray, limit: int, out: bytearray
+) -> int:  # pragma: no cover - compiled
+    """`UserState.add_churn_snapshot` of a float64 row in one compiled pass (the churn check,
+    most events): ``out`` gets the records of ``flat``, the second left out when with the
+    row's there would be more than ``limit`` (at least 1), then the row's record unless it
+    is the one left out; returns the length written (``out`` has room for ``flat`` and a
+    record of 9 bytes a value). The Python path's encoding, `_record_starts` walk and
+    slices took ~5 times as long, most of it in calls and small allocations."""
+    width = row.shape[0]
+    mask_bytes = (width + 7) >> 3
+    long_length = 9 * width >= 256
+    header = mask_bytes + (2 if long_length else 1)
+    end = len(flat)
+    count = 0  # records in flat, and where its second and third start (`_record_starts`)
+    second = third = end
+    at = 0
+    while at < end:
+        if count == 1:
+            second = at
+        elif count == 2:
+            third = at
+        body = flat[at + mask_bytes]
+        if long_length:
+            body |= flat[at + mask_bytes + 1] << 8
+        at += header + body
+        count += 1
+    if count + 1 <= max(limit, 1):  # no record left out
+        second = third = end
+    elif count == 1:  # two records with a limit of 1: the new one is the second
+        for index in range(end):
+            out[index] = flat[index]
+        return end
+    size = 0
+    for index in range(second):
+        out[size] = flat[index]
+        size += 1
+    for index in range(third, end):
+        out[size] = flat[index]
+        size += 1
+    return _write_record(row, out, size)
+
+
+@kernel(called_by_kernels_only=True)
+def _write_bits(bits: int, size: int, out: np.ndarray, at: int) -> None:  # pragma: no cover
+    """The ``size`` low bytes of ``bits`` to ``out[at:]`` in machine order (as ``struct``)."""
+    for byte in range(size):
+        shift = 8 * byte if _LITTLE_ENDIAN else 8 * (size - 1 - byte)
+        out[at + byte] = (bits >> np.uint64(shift)) & np.uint64(255)
+
+
+@kernel(called_by_kernels_only=True)
+def _write_record(row: np.ndarray, out: np.ndarray, start: int) -> int:  # pragma: no cover
+    """`_encode_record` of a float64 row written to ``out`` from ``start``; returns where it
+    ends. The same record: a value is kept when it is not 0.0 (-0.0 and NaN are kept), its
+    code is found by equality in the table (-0.0 and NaN have none), else it is a float32
+    when the float32 nearest to it equals it, else a float64, each in machine order as
+    ``struct`` packs it."""
     width = row.shape[0]
     mask_bytes = (width + 7) >> 3
     header = mask_bytes + (1 if 9 * width < 256 else 2)
     for index in range(mask_bytes):
-        out[index] = 0
-    at = header
+        out[start + index] = 0
+    at = start + header
     size = _TABLE_VALUES.shape[0]
     for index in range(width):
         value = row[index]
         if value != 0.0 or math.copysign(1.0, value) < 0.0:
-            out[index >> 3] |= np.uint8(1 << (index & 7))
+            out[start + (index >> 3)] |= np.uint8(1 << (index & 7))
             found = np.searchsorted(_TABLE_VALUES, value)
             if found < size and _TABLE_VALUES[found] == value:
                 out[at] = _TABLE_CODES[found]
                 at += 1
+            elif np.float32(value) == value:
+                out[at] = _FLOAT32_CODE
+                _write_bits(np.uint64(np.float32(value).view(np.uint32)), 4, out, at + 1)
+                at += 5
             else:
-                single = np.empty(1, dtype=np.float32)
-                single[0] = value
-                if single[0] == value:
-                    out[at] = _FLOAT32_CODE
-                    out[at + 1 : at + 5] = single.view(np.uint8)
-                    at += 5
-                else:
-                    double = np.empty(1, dtype=np.float64)
-                    double[0] = value
-                    out[at] = _FLOAT64_CODE
-                    out[at + 1 : at + 9] = double.view(np.uint8)
-                    at += 9
-    body = at - header
-    out[mask_bytes] = body & 255
+                out[at] = _FLOAT64_CODE
+                _write_bits(np.float64(value).view(np.uint64), 8, out, at + 1)
+                at += 9
+    body = at - start - header
+    out[start + mask_bytes] = body & 255
     if header - mask_bytes == 2:
-        out[mask_bytes + 1] = body >> 8
+        out[start + mask_bytes + 1] = body >> 8
     return at
 
 

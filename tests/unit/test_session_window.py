@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import orjson
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from processors.config import EngineConfig
 from processors.features import SESSION_FEATURE_NAMES, session_features
 from processors.session_window import decayed_affinity, update_window
-from processors.user_state import UserState
+from processors.user_state import FloatMap, UserState
 from schemas.messages import BehaviourEvent, CatalogItem
 
 CONFIG = EngineConfig()
@@ -170,4 +171,14 @@ def test_genre_focus_reads_the_decayed_affinity() -> None:
         decayed = decayed_affinity(state, now, CONFIG.genre_half_life_ms)
         positive = [weight for weight in decayed.values() if weight > 0]
         expected = max(positive) / sum(positive)
+        assert _genre_focus(state, now, CONFIG.genre_half_life_ms) == expected
+    rng = random.Random(5)
+    for _ in range(200):  # one pass of `_genre_focus` against the lists, max and sum
+        state.genre_affinity = FloatMap()
+        for genre in ("a", "b", "c", "d", "e")[: rng.randint(0, 5)]:
+            state.genre_affinity[genre] = rng.choice((0.0, -0.5, 5e-324, rng.uniform(-2, 2)))
+        now = T0 + rng.choice((-1_000, 0, 1, 3_600_000))
+        decayed = decayed_affinity(state, now, CONFIG.genre_half_life_ms)
+        positive = [weight for weight in decayed.values() if weight > 0]
+        expected = max(positive) / sum(positive) if positive else 0.0
         assert _genre_focus(state, now, CONFIG.genre_half_life_ms) == expected

@@ -12,6 +12,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -410,12 +411,12 @@ def test_adding_to_several_keys_at_once_gives_the_per_key_sums() -> None:
     for _ in range(300):
         keys = tuple(rng.choice(genres) for _ in range(rng.randint(1, 3)))
         first, second = rng.random() / 3.0, rng.choice((0.0, -0.0, 1.0, rng.random()))
-        pairs.add_to_each(keys, first, second)
+        assert pairs.add_to_each(keys, first, second) == len(set(pairs) | set(keys))
         for key in keys:
             old_first, old_second = pair_reference.get(key, (0.0, 0.0))
             pair_reference[key] = (old_first + first, old_second + second)
         factor = rng.choice((1.0, rng.random()))
-        floats.decay_and_add(factor, keys, -second)
+        assert floats.decay_and_add(factor, keys, -second) == len(floats)
         if factor != 1.0 and float_reference:
             float_reference.scale(factor)
         for key in keys:
@@ -430,7 +431,7 @@ def test_event_id_fingerprints_are_the_stable_hash_in_machine_order() -> None:
 
     for event_id in ("", "e-1", "é" * 40, "x" * 300):
         expected = stable_hash64(event_id).to_bytes(8, sys.byteorder)
-        assert user_state._fingerprint_bytes(event_id) == expected
+        assert user_state._needle(event_id) == expected
 
 
 def test_page_variant_knows_the_recent_pages_asked_about_in_any_order() -> None:
@@ -443,3 +444,27 @@ def test_page_variant_knows_the_recent_pages_asked_about_in_any_order() -> None:
     for asked in (pages[0], pages[0], pages[2], pages[1], "not-a-page", pages[1]):
         expected = "personalized" if asked in pages[:2] else None
         assert state.page_variant(asked) == expected
+
+
+@pytest.mark.parametrize("width", [0, 1, 8, 19, 28, 29, 52])
+def test_churn_snapshots_of_float64_arrays_are_the_records_of_lists(width: int) -> None:
+    """The engine's rows (float64 arrays, appended by the compiled `_append_row`) give the
+    records lists of the same values give, at every limit: codes, float32 and float64
+    values, signs of zeros, NaN, two-byte lengths, the second record left out."""
+    rng = random.Random(width)
+    specials = [0.0, -0.0, 1.0, math.log1p(3), 5e-324, -1e308, math.nan, math.inf, 0.1, 2.5]
+    for limit in (0, 1, 2, 4):
+        from_lists, from_arrays = UserState("u"), UserState("u")
+        for _ in range(9):
+            row = [
+                rng.choice(specials) if rng.random() < 0.5 else rng.uniform(-3, 3)
+                for _ in range(width)
+            ]
+            from_lists.add_churn_snapshot(row, limit)
+            from_arrays.add_churn_snapshot(np.array(row), limit)
+            assert from_arrays.churn_snapshots == from_lists.churn_snapshots
+    wide, rows = UserState("u"), []  # every value a float64: bodies past 255 bytes
+    for _ in range(6):
+        rows.append([rng.uniform(-3, 3) for _ in range(width)])
+        wide.add_churn_snapshot(np.array(rows[-1]), 4)
+    assert [row.tolist() for row in wide.churn_snapshot_rows()] == [rows[0], *rows[-3:]]
