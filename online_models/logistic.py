@@ -97,9 +97,6 @@ class OnlineLogistic:
         self._core = ScaledSGDLogistic(
             len(names), lr=self.lr, l2=self.l2, intercept=self.prior_intercept, intercept_lr=self.lr
         )
-        # (means, weights / stds, intercept), rebuilt lazily after each learn: a page is
-        # scored more often than the model learns, and the rebuild costs ~25 µs.
-        self._scoring: tuple[np.ndarray, np.ndarray, float] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -162,9 +159,11 @@ class OnlineLogistic:
                 f"X must have shape (n, {len(self.feature_names)}), got {X.shape}; "
                 "columns in feature_names order"
             )
-        means, scaled_weights, intercept = self.scoring_arrays()
+        core = self._core
         proba = np.empty(len(X))
-        _scores(X, means, scaled_weights, intercept, proba)
+        # The learner's own arrays, read as they are: nothing to rebuild after a learn (the
+        # engine learns a label between most pages, and a rebuild cost ~5 µs a page).
+        _scores(X, core.mean_array, core.variance_array, core.weight_array, core.intercept, proba)
         return proba
 
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -276,7 +275,6 @@ class OnlineLogistic:
             self._core.learn(values, bool(y))
             proba = 0.0
         self.n_learned += 1
-        self._scoring = None
         return proba
 
     # State
@@ -397,24 +395,14 @@ class OnlineLogistic:
             raise KeyError(f"row lacks features {missing}") from exc
 
     def scoring_arrays(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """Scaler means, weights over stds and intercept, cached until the next learn."""
-        if self._scoring is None:
-            # Plain Python over the ~20 features, then two arrays: cheaper than building
-            # five small arrays (sqrt and division round the same as numpy's).
-            core = self._core
-            means = [float(mean) for mean in core.means]
-            weights = core.weights or [0.0] * len(means)
-            scaled_weights = [
-                # A zero-variance feature scales to 0 (River's rule): a zero weight does the same.
-                float(weight) / math.sqrt(variance) if variance != 0.0 else 0.0
-                for weight, variance in zip(weights, core.variances, strict=True)
-            ]
-            self._scoring = (
-                np.array(means),
-                np.array(scaled_weights),
-                float(core.intercept),
-            )
-        return self._scoring
+        """Scaler means, weights over stds and intercept (copies: the learner's change)."""
+        core = self._core
+        scaled_weights = [
+            # A zero-variance feature scales to 0 (River's rule): a zero weight does the same.
+            weight / math.sqrt(variance) if variance != 0.0 else 0.0
+            for weight, variance in zip(core.weight_array.tolist(), core.variances, strict=True)
+        ]
+        return np.array(core.means), np.array(scaled_weights), float(core.intercept)
 
 
 def _contribution_value(pair: tuple[str, float]) -> float:
@@ -426,18 +414,23 @@ def _contribution_value(pair: tuple[str, float]) -> float:
 def _scores(
     X: np.ndarray,
     means: np.ndarray,
-    scaled_weights: np.ndarray,
+    variances: np.ndarray,
+    weights: np.ndarray,
     intercept: float,
     out: np.ndarray,
 ) -> None:  # pragma: no cover - compiled (tests compare it with River's scalar path)
     """River's clamped sigmoid of ``(x - mean) @ (w / std) + b`` for every row of ``X``.
 
-    (x - mean) @ (w / std) is (x - mean) / std @ w with the division done once per learn
+    (x - mean) @ (w / std) is (x - mean) / std @ w with the division done once per page
     instead of once per cell; centering first avoids cancellation on big means. Summed
     negated, -(x - mean) @ w - b, straight into exp(-logit): IEEE rounding is symmetric, so
     this is the logit's value; ``math.exp`` is the C library's, the same on every CPU (numpy's
     SIMD ``exp`` is not).
     """
+    scaled_weights = np.empty(weights.shape[0])  # as `scoring_arrays` computes them
+    for j in range(weights.shape[0]):
+        var = variances[j]
+        scaled_weights[j] = weights[j] / math.sqrt(var) if var != 0.0 else 0.0
     for i in range(X.shape[0]):
         negated = 0.0
         for j in range(X.shape[1]):

@@ -107,6 +107,21 @@ class ScaledSGDLogistic:
         return self._variances.tolist()  # type: ignore[no-any-return]
 
     @property
+    def mean_array(self) -> np.ndarray:
+        """The running means themselves (learning updates them in place: read, don't write)."""
+        return self._means
+
+    @property
+    def variance_array(self) -> np.ndarray:
+        """The running variances themselves (read, don't write)."""
+        return self._variances
+
+    @property
+    def weight_array(self) -> np.ndarray:
+        """The weights themselves, zeros before the first learn (read, don't write)."""
+        return self._weights
+
+    @property
     def weights(self) -> list[float] | None:
         """The weights, or None before the first learn."""
         return self._weights.tolist() if self._learned else None
