@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -235,17 +235,18 @@ class OnlineLogistic:
         """
         return self._learn_values(self._values(x), y, scored=True)
 
-    def _values(self, x: np.ndarray | Sequence[float]) -> list[float]:
-        """``x`` as a list of floats of the right length."""
+    def _values(self, x: np.ndarray | Sequence[float]) -> list[float] | np.ndarray:
+        """``x`` as a list of floats or a 1-d array, of the right length."""
         if isinstance(x, list) and len(x) == len(self.feature_names):
             return x  # the engine's rows: floats already (non-floats fail the finiteness check)
+        values: list[float] | np.ndarray
         if isinstance(x, np.ndarray):
             if x.ndim != 1:
                 raise ValueError(
                     f"x must hold {len(self.feature_names)} values in feature_names order, "
                     f"got shape {x.shape}"
                 )
-            values = x.astype(np.float64, copy=False).tolist()
+            values = x  # the engine's served rows; the learner takes them as float64
         else:
             values = [float(value) for value in x]
         if len(values) != len(self.feature_names):
@@ -255,27 +256,37 @@ class OnlineLogistic:
             )
         return values
 
-    def _learn_values(self, values: list[float], y: bool, *, scored: bool = False) -> float:
+    def _learn_values(
+        self, values: list[float] | np.ndarray, y: bool, *, scored: bool = False
+    ) -> float:
         """Learn one row of floats in `feature_names` order, refusing non-finite values;
-        returns the probability the model gave the row before (0.0 unless ``scored``)."""
-        try:
-            finite = all(map(math.isfinite, values))
-        except TypeError as error:
-            raise ValueError(f"features must be numbers: {error}") from error
-        if not finite:
-            bad = sorted(
-                name
-                for name, value in zip(self.feature_names, values, strict=True)
-                if not math.isfinite(value)
-            )
-            raise ValueError(f"refusing to learn from non-finite features: {bad}")
-        if scored:
-            proba = self._core.learn_scored(values, bool(y))
-        else:
-            self._core.learn(values, bool(y))
-            proba = 0.0
+        returns the probability the model gave the row before (0.0 unless ``scored``).
+
+        A list is checked here (its items must be numbers); an array by the learning kernel,
+        which refuses it before changing anything (``np.isfinite(x).all()`` and a list's
+        check each cost more than the learn step itself).
+        """
+        if not isinstance(values, np.ndarray):
+            try:
+                finite = all(map(math.isfinite, values))
+            except TypeError as error:
+                raise ValueError(f"features must be numbers: {error}") from error
+            if not finite:
+                self._refuse(values)
+        proba = self._core.learn_scored(values, bool(y), scored=scored)
+        if proba is None:
+            self._refuse([float(value) for value in values])
         self.n_learned += 1
         return proba
+
+    def _refuse(self, values: list[float]) -> NoReturn:
+        """Raise the ValueError naming the non-finite features of a refused row."""
+        bad = sorted(
+            name
+            for name, value in zip(self.feature_names, values, strict=True)
+            if not math.isfinite(value)
+        )
+        raise ValueError(f"refusing to learn from non-finite features: {bad}")
 
     # State
 
