@@ -158,17 +158,17 @@ class EngagementRates:
         base = self.click_rate
         strength = self.strength
         prior = strength * base
-        # Rates in a list, then one array: a numpy scalar store per title cost more; the
-        # lookups run in C (map), the division and log in place.
-        rates = np.array(
+        # Rates over the base in a list, then one array: a numpy scalar store per title cost
+        # more; the lookups run in C (map), the log in place. An unknown title's ratio is
+        # ``base / base``: exactly 1.0.
+        ratios = np.array(
             [
-                base if counts is None else (counts[0] + prior) / (counts[1] + strength)
+                1.0 if counts is None else (counts[0] + prior) / (counts[1] + strength) / base
                 for counts in map(self._items.get, item_ids)
             ],
             dtype=np.float64,
         )
-        rates /= base
-        return np.log(rates, out=rates)
+        return np.log(ratios, out=ratios)
 
     # -- state -----------------------------------------------------------------------------
 

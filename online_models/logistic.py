@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -97,9 +97,6 @@ class OnlineLogistic:
         self._core = ScaledSGDLogistic(
             len(names), lr=self.lr, l2=self.l2, intercept=self.prior_intercept, intercept_lr=self.lr
         )
-        # (means, weights / stds, intercept), rebuilt lazily after each learn: a page is
-        # scored more often than the model learns, and the rebuild costs ~25 µs.
-        self._scoring: tuple[np.ndarray, np.ndarray, float] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -162,9 +159,11 @@ class OnlineLogistic:
                 f"X must have shape (n, {len(self.feature_names)}), got {X.shape}; "
                 "columns in feature_names order"
             )
-        means, scaled_weights, intercept = self.scoring_arrays()
+        core = self._core
         proba = np.empty(len(X))
-        _scores(X, means, scaled_weights, intercept, proba)
+        # The learner's own arrays, read as they are: nothing to rebuild after a learn (the
+        # engine learns a label between most pages, and a rebuild cost ~5 µs a page).
+        _scores(X, core.mean_array, core.variance_array, core.weight_array, core.intercept, proba)
         return proba
 
     def contributions(self, x: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -236,17 +235,18 @@ class OnlineLogistic:
         """
         return self._learn_values(self._values(x), y, scored=True)
 
-    def _values(self, x: np.ndarray | Sequence[float]) -> list[float]:
-        """``x`` as a list of floats of the right length."""
+    def _values(self, x: np.ndarray | Sequence[float]) -> list[float] | np.ndarray:
+        """``x`` as a list of floats or a 1-d array, of the right length."""
         if isinstance(x, list) and len(x) == len(self.feature_names):
             return x  # the engine's rows: floats already (non-floats fail the finiteness check)
+        values: list[float] | np.ndarray
         if isinstance(x, np.ndarray):
             if x.ndim != 1:
                 raise ValueError(
                     f"x must hold {len(self.feature_names)} values in feature_names order, "
                     f"got shape {x.shape}"
                 )
-            values = x.astype(np.float64, copy=False).tolist()
+            values = x  # the engine's served rows; the learner takes them as float64
         else:
             values = [float(value) for value in x]
         if len(values) != len(self.feature_names):
@@ -256,28 +256,37 @@ class OnlineLogistic:
             )
         return values
 
-    def _learn_values(self, values: list[float], y: bool, *, scored: bool = False) -> float:
+    def _learn_values(
+        self, values: list[float] | np.ndarray, y: bool, *, scored: bool = False
+    ) -> float:
         """Learn one row of floats in `feature_names` order, refusing non-finite values;
-        returns the probability the model gave the row before (0.0 unless ``scored``)."""
-        try:
-            finite = all(map(math.isfinite, values))
-        except TypeError as error:
-            raise ValueError(f"features must be numbers: {error}") from error
-        if not finite:
-            bad = sorted(
-                name
-                for name, value in zip(self.feature_names, values, strict=True)
-                if not math.isfinite(value)
-            )
-            raise ValueError(f"refusing to learn from non-finite features: {bad}")
-        if scored:
-            proba = self._core.learn_scored(values, bool(y))
-        else:
-            self._core.learn(values, bool(y))
-            proba = 0.0
+        returns the probability the model gave the row before (0.0 unless ``scored``).
+
+        A list is checked here (its items must be numbers); an array by the learning kernel,
+        which refuses it before changing anything (``np.isfinite(x).all()`` and a list's
+        check each cost more than the learn step itself).
+        """
+        if not isinstance(values, np.ndarray):
+            try:
+                finite = all(map(math.isfinite, values))
+            except TypeError as error:
+                raise ValueError(f"features must be numbers: {error}") from error
+            if not finite:
+                self._refuse(values)
+        proba = self._core.learn_scored(values, bool(y), scored=scored)
+        if proba is None:
+            self._refuse([float(value) for value in values])
         self.n_learned += 1
-        self._scoring = None
         return proba
+
+    def _refuse(self, values: list[float]) -> NoReturn:
+        """Raise the ValueError naming the non-finite features of a refused row."""
+        bad = sorted(
+            name
+            for name, value in zip(self.feature_names, values, strict=True)
+            if not math.isfinite(value)
+        )
+        raise ValueError(f"refusing to learn from non-finite features: {bad}")
 
     # State
 
@@ -397,24 +406,14 @@ class OnlineLogistic:
             raise KeyError(f"row lacks features {missing}") from exc
 
     def scoring_arrays(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """Scaler means, weights over stds and intercept, cached until the next learn."""
-        if self._scoring is None:
-            # Plain Python over the ~20 features, then two arrays: cheaper than building
-            # five small arrays (sqrt and division round the same as numpy's).
-            core = self._core
-            means = [float(mean) for mean in core.means]
-            weights = core.weights or [0.0] * len(means)
-            scaled_weights = [
-                # A zero-variance feature scales to 0 (River's rule): a zero weight does the same.
-                float(weight) / math.sqrt(variance) if variance != 0.0 else 0.0
-                for weight, variance in zip(weights, core.variances, strict=True)
-            ]
-            self._scoring = (
-                np.array(means),
-                np.array(scaled_weights),
-                float(core.intercept),
-            )
-        return self._scoring
+        """Scaler means, weights over stds and intercept (copies: the learner's change)."""
+        core = self._core
+        scaled_weights = [
+            # A zero-variance feature scales to 0 (River's rule): a zero weight does the same.
+            weight / math.sqrt(variance) if variance != 0.0 else 0.0
+            for weight, variance in zip(core.weight_array.tolist(), core.variances, strict=True)
+        ]
+        return np.array(core.means), np.array(scaled_weights), float(core.intercept)
 
 
 def _contribution_value(pair: tuple[str, float]) -> float:
@@ -426,18 +425,23 @@ def _contribution_value(pair: tuple[str, float]) -> float:
 def _scores(
     X: np.ndarray,
     means: np.ndarray,
-    scaled_weights: np.ndarray,
+    variances: np.ndarray,
+    weights: np.ndarray,
     intercept: float,
     out: np.ndarray,
 ) -> None:  # pragma: no cover - compiled (tests compare it with River's scalar path)
     """River's clamped sigmoid of ``(x - mean) @ (w / std) + b`` for every row of ``X``.
 
-    (x - mean) @ (w / std) is (x - mean) / std @ w with the division done once per learn
+    (x - mean) @ (w / std) is (x - mean) / std @ w with the division done once per page
     instead of once per cell; centering first avoids cancellation on big means. Summed
     negated, -(x - mean) @ w - b, straight into exp(-logit): IEEE rounding is symmetric, so
     this is the logit's value; ``math.exp`` is the C library's, the same on every CPU (numpy's
     SIMD ``exp`` is not).
     """
+    scaled_weights = np.empty(weights.shape[0])  # as `scoring_arrays` computes them
+    for j in range(weights.shape[0]):
+        var = variances[j]
+        scaled_weights[j] = weights[j] / math.sqrt(var) if var != 0.0 else 0.0
     for i in range(X.shape[0]):
         negated = 0.0
         for j in range(X.shape[1]):

@@ -107,6 +107,21 @@ class ScaledSGDLogistic:
         return self._variances.tolist()  # type: ignore[no-any-return]
 
     @property
+    def mean_array(self) -> np.ndarray:
+        """The running means themselves (learning updates them in place: read, don't write)."""
+        return self._means
+
+    @property
+    def variance_array(self) -> np.ndarray:
+        """The running variances themselves (read, don't write)."""
+        return self._variances
+
+    @property
+    def weight_array(self) -> np.ndarray:
+        """The weights themselves, zeros before the first learn (read, don't write)."""
+        return self._weights
+
+    @property
     def weights(self) -> list[float] | None:
         """The weights, or None before the first learn."""
         return self._weights.tolist() if self._learned else None
@@ -150,22 +165,20 @@ class ScaledSGDLogistic:
         # `_sigmoid(self.logit(x))` in one kernel call (the churn check's, every event)
         return _proba(_row(x), self._means, self._variances, self._weights, self.intercept, _HALF)
 
-    def learn(self, x: Sequence[float], y: bool) -> None:
-        """One SGD step on a finite row (the caller checks finiteness)."""
-        self._step(x, y, score_first=False)
+    def learn(self, x: Sequence[float], y: bool) -> bool:
+        """One SGD step; False, and nothing learned, if the row holds a non-finite value."""
+        return self.learn_scored(x, y, scored=False) is not None
 
-    def learn_scored(self, x: Sequence[float], y: bool) -> float:
+    def learn_scored(self, x: Sequence[float], y: bool, *, scored: bool = True) -> float | None:
         """`predict_proba` of the row by the model as it was, then `learn` it: one pass.
 
         Prequential evaluation scores every label before learning it; the score's dot product
         uses the statistics and weights each feature had before this row updated them, taken
         in the same loop as the update instead of a second pass (or numpy arrays rebuilt
-        after every step, which cost more than the step itself).
+        after every step, which cost more than the step itself). 0.0 instead of the score
+        unless ``scored``; None, and nothing learned, if the row holds a non-finite value.
         """
-        return self._step(x, y, score_first=True)
-
-    def _step(self, x: Sequence[float], y: bool, *, score_first: bool) -> float:
-        proba, self.intercept = _learn_step(
+        proba, self.intercept, finite = _learn_step(
             _row(x),
             bool(y),
             self._counts,
@@ -177,9 +190,11 @@ class ScaledSGDLogistic:
             self.intercept_lr,
             self.lr,
             self.l2,
-            score_first,
+            scored,
             _HALF,
         )
+        if not finite:
+            return None
         self._learned = True
         self.steps += 1
         return proba
@@ -245,9 +260,13 @@ def _learn_step(
     l2: float,
     score_first: bool,
     half: float,
-) -> tuple[float, float]:  # pragma: no cover - compiled (tests compare it with River)
+) -> tuple[float, float, bool]:  # pragma: no cover - compiled (tests compare it with River)
     """One SGD step in place; returns (the probability before it if ``score_first``, else
-    0.0; the new intercept)."""
+    0.0; the new intercept; True), or (0.0, the intercept, False) with nothing changed if
+    the row holds a non-finite value (one NaN would poison the statistics for good)."""
+    for i in range(x.shape[0]):
+        if not math.isfinite(x[i]):
+            return 0.0, intercept, False
     total = 0.0  # the logit's dot product, accumulated in feature order as it goes
     before = 0.0  # the same before this row's update (only with score_first)
     for i in range(x.shape[0]):
@@ -284,4 +303,4 @@ def _learn_step(
     else:
         for i in range(x.shape[0]):
             weights[i] -= lr * (scaled[i] * gradient)
-    return proba, intercept
+    return proba, intercept, True

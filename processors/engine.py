@@ -456,12 +456,14 @@ class Engine:
                 self._learn_rank(item_id, features, positive, event.artwork_id, state)
                 effects.labels.append((item_id, positive))
 
-    def _served_features(self, event: BehaviourEvent, state: UserState) -> list[float]:
+    def _served_features(self, event: BehaviourEvent, state: UserState) -> np.ndarray | list[float]:
+        """The row the page served the event's item with (a float64 array), or the item's
+        row now when that page is not cached (a holdout page, or one evicted)."""
         assert event.item_id is not None
         if event.recommendation_id:
             served = self._served.get(event.recommendation_id)
             if served is not None:
-                features = served.features_of(event.item_id)
+                features = served.row_of(event.item_id)
                 if features is not None:
                     return features
         return self.pages.item_features(state, event.item_id, max(event.ts, state.last_ts))
@@ -469,7 +471,7 @@ class Engine:
     def _learn_rank(
         self,
         item_id: str,
-        features: list[float],
+        features: Sequence[float] | np.ndarray,
         positive: bool,
         artwork_id: str | None,
         state: UserState,

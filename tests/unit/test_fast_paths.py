@@ -180,8 +180,10 @@ def test_trending_scores_equal_score() -> None:
     for index in range(50):
         trending.add(f"i{index % 17}", T0 + index * 1_000, 1.0 + index % 3)
     ids = [f"i{i}" for i in range(20)]
-    assert trending.scores(ids, T0 + 90_000) == [trending.score(i, T0 + 90_000) for i in ids]
-    assert Trending().scores(["x"], T0) == [0.0]
+    scores = trending.scores(ids, T0 + 90_000)
+    assert scores.dtype == np.float64
+    assert scores.tolist() == [trending.score(i, T0 + 90_000) for i in ids]
+    assert Trending().scores(["x"], T0).tolist() == [0.0]
 
 
 def test_event_id_window_is_a_bounded_ring_that_survives_checkpoints() -> None:

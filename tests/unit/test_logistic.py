@@ -175,6 +175,29 @@ def test_non_finite_rows_are_refused_without_learning() -> None:
     assert model.to_state() == before
 
 
+def test_non_finite_array_rows_are_refused_by_the_kernel_without_learning() -> None:
+    # Arrays skip the Python check: the learning kernel refuses them before changing anything.
+    model = _trained(20)
+    before = model.to_state()
+    for bad in (math.nan, math.inf, -math.inf):
+        for scored in (False, True):
+            row = np.array([0.5, 1.0, 1.0, bad])
+            learn = model.learn_vector_scored if scored else model.learn_vector
+            with pytest.raises(ValueError, match="constant_one"):
+                learn(row, True)
+    assert model.to_state() == before
+
+
+def test_array_and_list_rows_learn_the_same() -> None:
+    # The engine learns served rows as float64 arrays and fallback rows as lists.
+    by_list, by_array = OnlineLogistic(FEATURES), OnlineLogistic(FEATURES)
+    X, y = _stream(300, 3)
+    for row, label in zip(X, y, strict=True):
+        scored = by_list.learn_vector_scored(row.tolist(), bool(label))
+        assert by_array.learn_vector_scored(row.copy(), bool(label)) == scored
+    assert by_list.to_state() == by_array.to_state()
+
+
 def test_bad_inputs_are_refused() -> None:
     model = OnlineLogistic(FEATURES)
     with pytest.raises(KeyError, match="constant_one"):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from processors.page_builder import _page_items, _page_rows
+from processors.page_builder import ServedFeatures, _page_items, _page_rows
 from schemas.messages import PageItem, PageRow
 
 
@@ -25,3 +26,12 @@ def test_page_rows_equal_the_dataclasses() -> None:
         _page_rows(ids, titles[:2], row_items)
     with pytest.raises(AttributeError):
         rows[0].title = "x"  # type: ignore[misc]  # still frozen
+
+
+def test_served_rows_for_learning_hold_the_served_values() -> None:
+    features = np.array([[0.1, -2.5, 3.0], [1.0 / 3.0, 0.0, 7.0]], dtype=np.float32)
+    served = ServedFeatures(("a", "b"), features)
+    row = served.row_of("b")
+    assert row is not None and row.dtype == np.float64
+    assert row.tolist() == served.features_of("b")
+    assert served.row_of("c") is None and served.features_of("c") is None
