@@ -564,73 +564,97 @@ def _measure_worker(
     def _sustained(next_seq: int, out: dict[str, Any]) -> None:
         """Paced shares of the drain rate, highest first, until one keeps up: each on fresh
         topics with a fresh worker process, as the rates above (not on the partitions the
-        drain filled, whose fetches are slower on Tansu)."""
+        drain filled, whose fetches are slower on Tansu). Then once more halfway between it
+        and the share above it, which fell behind: the ladder's steps are 15% of the drain
+        rate, too coarse to say on which side of a target the worker is."""
         capacity = out["max_throughput"]["events_per_s"]
         attempts: list[dict[str, Any]] = []
         out["sustained_attempts"] = attempts
-        for attempt, share in enumerate(options.sustained_shares):
-            if capacity <= 0:
+        if capacity <= 0:
+            return
+        failed: float | None = None
+        for share in options.sustained_shares:
+            next_seq, kept_up = _paced(next_seq, share, capacity, attempts, out)
+            if kept_up is None:
                 return
-            rate = round(capacity * share, -1)
-            tag = f"-s{attempt}"
-            fresh = fresh_topics(tag)
-            process = start_worker(tag, fresh)
-            runner = _start_runner(
-                options,
-                bootstrap,
-                producer,
-                traffic,
-                templates,
-                run_id,
-                fresh["events"],
-                fresh["recommendations"],
-                _PAGE_ID_FIELD,
-                _triggers_page,
-                COALESCED_FIELD,
-            )
-            runner.next_seq = next_seq
-            try:
-                try:
-                    runner.wait_ready()
-                except TimeoutError as error:
-                    attempts.append({"offered_rate": rate, "kept_up": False, "error": str(error)})
-                    progress(f"  insession @ {rate:,.0f}/s: {error}\n{process.log_tail()}")
-                    return
-                schedule = Schedule(
-                    rate=rate, duration_s=options.duration_s, warmup_s=options.warmup_s
-                )
-                begin_ms = time.time_ns() // 1_000_000
-                summary = runner.offered(schedule)
-                on_phase(
-                    rate,
-                    summary,
-                    begin_ms + int(options.warmup_s * 1000),
-                    time.time_ns() // 1_000_000,
-                )
-            finally:
-                next_seq = runner.next_seq
-                runner.receiver.stop()
-                process.stop()
-            summary["share_of_drain_rate"] = share
-            latency = summary["latency"]
-            kept_up = _kept_up(summary)
-            attempts.append(
-                {
-                    "offered_rate": rate,
-                    "share_of_drain_rate": share,
-                    "p50_ms": latency["p50_ms"],
-                    "p99_ms": latency["p99_ms"],
-                    "kept_up": kept_up,
-                }
-            )
-            progress(
-                f"  insession @ {rate:,.0f}/s ({share:.0%} of its drain rate, fresh topics "
-                f"and worker): p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms"
-                f"{'' if kept_up else ' (falls behind)'}"
-            )
             if kept_up:
-                out["at_sustained_rate"] = summary
-                return
+                break
+            failed = share
+        else:
+            return
+        if failed is not None:  # one step of bisection between the last share that fell
+            _paced(next_seq, (failed + share) / 2, capacity, attempts, out)  # behind and this
+
+    def _paced(
+        next_seq: int,
+        share: float,
+        capacity: float,
+        attempts: list[dict[str, Any]],
+        out: dict[str, Any],
+    ) -> tuple[int, bool | None]:
+        """One paced share of the drain rate; whether it kept up (None: no worker answered).
+
+        A share that keeps up at a higher rate than the one reported so far is reported as
+        the sustained rate (``out["at_sustained_rate"]``)."""
+        rate = round(capacity * share, -1)
+        tag = f"-s{len(attempts)}"
+        fresh = fresh_topics(tag)
+        process = start_worker(tag, fresh)
+        runner = _start_runner(
+            options,
+            bootstrap,
+            producer,
+            traffic,
+            templates,
+            run_id,
+            fresh["events"],
+            fresh["recommendations"],
+            _PAGE_ID_FIELD,
+            _triggers_page,
+            COALESCED_FIELD,
+        )
+        runner.next_seq = next_seq
+        try:
+            try:
+                runner.wait_ready()
+            except TimeoutError as error:
+                attempts.append({"offered_rate": rate, "kept_up": False, "error": str(error)})
+                progress(f"  insession @ {rate:,.0f}/s: {error}\n{process.log_tail()}")
+                return runner.next_seq, None
+            schedule = Schedule(rate=rate, duration_s=options.duration_s, warmup_s=options.warmup_s)
+            begin_ms = time.time_ns() // 1_000_000
+            summary = runner.offered(schedule)
+            on_phase(
+                rate,
+                summary,
+                begin_ms + int(options.warmup_s * 1000),
+                time.time_ns() // 1_000_000,
+            )
+        finally:
+            next_seq = runner.next_seq
+            runner.receiver.stop()
+            process.stop()
+        summary["share_of_drain_rate"] = share
+        latency = summary["latency"]
+        kept_up = _kept_up(summary)
+        attempts.append(
+            {
+                "offered_rate": rate,
+                "share_of_drain_rate": share,
+                "p50_ms": latency["p50_ms"],
+                "p99_ms": latency["p99_ms"],
+                "kept_up": kept_up,
+            }
+        )
+        progress(
+            f"  insession @ {rate:,.0f}/s ({share:.0%} of its drain rate, fresh topics "
+            f"and worker): p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms"
+            f"{'' if kept_up else ' (falls behind)'}"
+        )
+        best = out.get("at_sustained_rate")
+        if kept_up and (best is None or rate > best["offered_rate"]):
+            out["at_sustained_rate"] = summary
+        return next_seq, kept_up
 
     try:
         return _with_receiver(

@@ -50,13 +50,22 @@ def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -
     # consumed → batch starts: one value per event the worker processed in the phase
     assert lowest["in_worker_batch_wait"]["count"] == lowest["in_worker_events"] > 0
     assert lowest["in_worker_batch_wait"]["p50_ms"] <= lowest["in_worker_processing"]["p50_ms"]
-    # The sustained rate is searched downwards from the drain rate until a share keeps up.
+    # The sustained rate is searched downwards from the drain rate until a share keeps up,
+    # then once between that share and the one above it (when there is one).
     attempts = result["insession"]["sustained_attempts"]
-    assert attempts and [a["kept_up"] for a in attempts[:-1]] == [False] * (len(attempts) - 1)
-    if attempts[-1]["kept_up"]:
-        assert (
-            result["insession"]["at_sustained_rate"]["offered_rate"] == attempts[-1]["offered_rate"]
-        )
+    kept = [a["kept_up"] for a in attempts]
+    first_kept = kept.index(True) if True in kept else len(kept)
+    assert attempts and kept[:first_kept] == [False] * first_kept
+    if 0 < first_kept < len(kept):
+        assert len(attempts) == first_kept + 2
+        above, below = attempts[first_kept - 1], attempts[first_kept]
+        middle = attempts[-1]["share_of_drain_rate"]
+        assert below["share_of_drain_rate"] < middle < above["share_of_drain_rate"]
+    else:  # the first share kept up, or none did: nothing to bisect
+        assert len(attempts) == max(first_kept, 1)
+    if True in kept:
+        best = max(a["offered_rate"] for a in attempts if a["kept_up"])
+        assert result["insession"]["at_sustained_rate"]["offered_rate"] == best
     assert result["engine_alone"]["events"] > 0
     assert result["engine_alone"]["events_per_s"] > 0
     batched = result["engine_alone"]["batched"]
