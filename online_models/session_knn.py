@@ -124,9 +124,8 @@ _STEP_WEIGHTS: dict[str, Callable[[int], float]] = {
 @kernel
 def _query(
     holders: np.ndarray,
-    sizes: np.ndarray,
+    parts: np.ndarray,
     weights: np.ndarray,
-    query_iids: np.ndarray,
     excluded: int,
     ts: np.ndarray,
     serial: np.ndarray,
@@ -154,11 +153,13 @@ def _query(
     written to ``out_items`` and ``out_negated`` (one entry per interned item at least:
     returning two arrays cost more than a small query); returns how many.
 
-    ``holders`` are the sessions holding each weighted query item (``sizes`` of them per item,
-    items most recent first), ``weights`` each item's (position weight, step weight). The
-    scratch buffers (``similarity`` to ``in_query``) are zero (``first``: ``_NO_PART``) on
-    entry and left so.
+    ``holders`` are the sessions holding each weighted query item, items most recent first,
+    ``weights`` each item's position weight and step weight (two entries per item), ``parts``
+    the number of holders of each weighted item then every known query item (one small array
+    to build and pass rather than two). The scratch buffers (``similarity`` to ``in_query``)
+    are zero (``first``: ``_NO_PART``) on entry and left so.
     """
+    sizes, query_iids = parts[: len(weights) // 2], parts[len(weights) // 2 :]
     candidates, similar, contribution = _candidates(
         holders, sizes, weights, excluded, similarity, first
     )
@@ -193,21 +194,22 @@ def _candidates(
     first: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sessions sharing a weighted query item (but ``excluded``), their similarity and
-    contribution.
+    contribution (``weights``: see `_query`; one item's ``holders`` may go on past its size).
 
     A similarity is the sum of the shared items' position weights, added most recent item
     first (as session-rec), not divided by the number of distinct query items. The
     contribution is the similarity times the step weight of the most recent shared item.
     """
     if len(sizes) == 1:  # the usual one-item query: no sums, no scratch to touch
-        candidates = holders[holders != excluded]
-        similar = np.full(len(candidates), weights[0, 0])
-        return candidates, similar, similar * weights[0, 1]
+        held = holders[: sizes[0]]
+        candidates = held[held != excluded]
+        similar = np.full(len(candidates), weights[0])
+        return candidates, similar, similar * weights[1]
     candidates = np.empty(len(holders), dtype=np.int64)
     count = 0
     at = 0
     for part in range(len(sizes)):
-        weight = weights[part, 0]
+        weight = weights[2 * part]
         for slot in holders[at : at + sizes[part]]:
             if slot == excluded:
                 continue
@@ -223,7 +225,7 @@ def _candidates(
     for at in range(count):
         slot = candidates[at]
         similar[at] = similarity[slot]
-        contribution[at] = weights[first[slot], 1] * similar[at]
+        contribution[at] = weights[2 * first[slot] + 1] * similar[at]
         similarity[slot] = 0.0
         first[slot] = _NO_PART
     return candidates, similar, contribution
@@ -517,7 +519,8 @@ class SessionKNN:
         self.neighbour_item_decay = neighbour_item_decay
         # exp(-|d| / decay) for every signed distance d two kept clicks can have, laid out so
         # that negative indexing (numpy's too) finds -d: no abs() on the scoring path.
-        self._neighbour_decay: np.ndarray | None = None
+        # (Empty when there is no decay.)
+        self._neighbour_decay = _NO_DECAY
         if neighbour_item_decay is not None:
             ahead = [math.exp(-d / neighbour_item_decay) for d in range(max_session_len)]
             self._neighbour_decay = np.array(ahead + ahead[:0:-1], dtype=np.float64)
@@ -665,6 +668,8 @@ class SessionKNN:
         self._score = _grown(self._score, size, 0.0)
         self._seen = _grown(self._seen, size, False)
         self._in_query = _grown(self._in_query, size, False)
+        self._out_items = np.empty(size, dtype=np.int64)
+        self._out_negated = np.empty(size, dtype=np.float64)
 
     def _append_click(self, slot: int, iid: int) -> None:
         clicks = self._clicks_of[slot]
@@ -726,12 +731,14 @@ class SessionKNN:
 
     def _refresh(self) -> None:
         """Append the distinct items of the sessions changed since the last query to ``_flat``."""
-        slots = list(self._dirty)
-        self._dirty.clear()
-        items_of = self._items_of
-        if len(slots) <= _FEW_DIRTY:
-            self._refresh_few(slots)
+        dirty = self._dirty
+        if len(dirty) <= _FEW_DIRTY:
+            while dirty:
+                self._refresh_one(dirty.pop())
             return
+        slots = list(dirty)
+        dirty.clear()
+        items_of = self._items_of
         sizes = np.fromiter(map(len, map(items_of.__getitem__, slots)), np.int64, len(slots))
         total = int(sizes.sum())
         packed = np.fromiter(
@@ -751,29 +758,20 @@ class SessionKNN:
         self._n_items[where] = sizes
         self._flat_used += total
 
-    def _refresh_few(self, slots: list[int]) -> None:
-        """`_refresh` for a handful of changed sessions, the usual case between two pages:
-        the same layout (the sessions' items appended in ``slots`` order) written with a few
-        scalar stores instead of a dozen whole-array numpy calls."""
-        items_of = self._items_of
-        packed = [
-            [(click_no << 32) | iid for iid, click_no in items_of[slot].items()] for slot in slots
-        ]
-        total = sum(map(len, packed))
-        if self._flat_used + total > len(self._flat):
-            self._compact(2 * (self._flat_live + total) + 1024)
-        flat, start, n_items = self._flat, self._start, self._n_items
+    def _refresh_one(self, slot: int) -> None:
+        """`_refresh` of one of a handful of changed sessions (between two pages, usually just
+        the user's own): a few scalar stores instead of a dozen whole-array numpy calls."""
+        entries = [(click_no << 32) | iid for iid, click_no in self._items_of[slot].items()]
+        size = len(entries)
         used = self._flat_used
-        live = self._flat_live
-        for slot, entries in zip(slots, packed, strict=True):
-            size = len(entries)
-            flat[used : used + size] = entries
-            start[slot] = used
-            live += size - int(n_items[slot])
-            n_items[slot] = size
-            used += size
-        self._flat_used = used
-        self._flat_live = live
+        if used + size > len(self._flat):
+            self._compact(2 * (self._flat_live + size) + 1024)
+            used = self._flat_used
+        self._flat[used : used + size] = entries
+        self._start[slot] = used
+        self._flat_live += size - int(self._n_items[slot])
+        self._n_items[slot] = size
+        self._flat_used = used + size
 
     def _compact(self, size: int) -> None:
         """Reallocate ``_flat`` with ``size`` entries, keeping only the live ones."""
@@ -796,14 +794,12 @@ class SessionKNN:
         holders[count] = slot
         self._holders_n[iid] = count + 1
 
-    def _holders_of(self, iid: int) -> np.ndarray:
-        holders = self._holders.get(iid)
-        if holders is None:
-            slots = self._sessions_of[iid]
-            self._holders_n[iid] = len(slots)
-            holders = self._holders[iid] = np.fromiter(slots, np.int64, len(slots))
-            return holders
-        return holders[: self._holders_n[iid]]
+    def _build_holders(self, iid: int) -> np.ndarray:
+        """The holders of ``iid`` as an array, built from the set (none since it changed)."""
+        slots = self._sessions_of[iid]
+        self._holders_n[iid] = len(slots)
+        holders = self._holders[iid] = np.fromiter(slots, np.int64, len(slots))
+        return holders
 
     # ------------------------------------------------------------------ scoring
 
@@ -848,26 +844,22 @@ class SessionKNN:
         query = self._query_items(last_position, length, len(set(session_items)))
         if query is None:
             return []
-        holders, sizes, weights = query
+        holders, parts, weights = query
         excluded = -1
         if exclude_session is not None:
             excluded = self._slot_of.get(exclude_session, -1)
-        if len(self._out_items) < len(self._score):
-            self._out_items = np.empty(len(self._score), dtype=np.int64)
-            self._out_negated = np.empty(len(self._score), dtype=np.float64)
         items, negated = self._out_items, self._out_negated
         count = _query(
             holders,
-            sizes,
+            parts,
             weights,
-            np.fromiter(last_position, np.int64, len(last_position)),
             excluded,
             self._ts,
             self._serial,
             self._start,
             self._n_items,
             self._flat,
-            self._neighbour_decay if self._neighbour_decay is not None else _NO_DECAY,
+            self._neighbour_decay,
             self._log_clicks,
             self._similarity,
             self._first,
@@ -889,8 +881,10 @@ class SessionKNN:
     def _query_items(
         self, last_position: dict[int, int], length: int, distinct: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The sessions holding each weighted query item (concatenated, with their counts)
-        and, by item, its position weight and step weight, most recent item first.
+        """`_query`'s ``holders``, ``parts`` and ``weights``: the sessions holding each weighted
+        query item (concatenated; a single item's array as it is stored, spare room
+        included), their counts then every known query item, and by item its position weight
+        and step weight, most recent item first.
 
         session-rec divides similarities by the number of ``distinct`` current items (unknown
         ones included); a common factor, so it is applied to the step weight instead, which
@@ -899,19 +893,26 @@ class SessionKNN:
         position_weight = self._position_weight
         step_weight = self._step_weight
         per_distinct = 1.0 / distinct
+        holders_of = self._holders
         holders: list[np.ndarray] = []
+        sizes: list[int] = []
         weights: list[float] = []
         for iid, position in last_position.items():
             weight = position_weight(position + 1, length)
             if weight > 0.0:
-                holders.append(self._holders_of(iid))
-                weights.append(weight)
-                weights.append(step_weight(length - position) * per_distinct)
+                held = holders_of.get(iid)
+                if held is None:
+                    held = self._build_holders(iid)
+                holders.append(held)
+                sizes.append(self._holders_n[iid])
+                weights += (weight, step_weight(length - position) * per_distinct)
         if not holders:
             return None
-        sizes = np.fromiter(map(len, holders), np.int64, len(holders))
-        slots = holders[0] if len(holders) == 1 else np.concatenate(holders)
-        return slots, sizes, np.array(weights).reshape(-1, 2)
+        if len(holders) == 1:
+            slots = holders[0]
+        else:
+            slots = np.concatenate([held[:size] for held, size in zip(holders, sizes, strict=True)])
+        return slots, np.array(sizes + list(last_position)), np.array(weights)
 
     def _top(self, items: np.ndarray, negated: np.ndarray, n: int) -> list[tuple[str, float]]:
         """Best ``n`` of the items `_best` kept (with their negated scores, best first), ties to

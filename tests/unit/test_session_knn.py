@@ -656,7 +656,7 @@ def test_yoochoose_tuned_settings_beat_published_vsknn(
 
 
 def test_few_changed_sessions_refresh_as_the_array_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`_refresh_few` (a handful of changed sessions) leaves the index as the whole-array
+    """`_refresh_one` (a handful of changed sessions) leaves the index as the whole-array
     path does: same recommendations after every batch of clicks, evictions included."""
     rng = random.Random(4)
     few, many = SessionKNN(max_sessions=60), SessionKNN(max_sessions=60)
