@@ -637,19 +637,23 @@ def _measure_worker(
         summary["share_of_drain_rate"] = share
         latency = summary["latency"]
         kept_up = _kept_up(summary)
+        # The worker's own part beside the end-to-end figure: which side fell behind.
+        produced = summary.get("in_worker_page_produced") or {}
         attempts.append(
             {
                 "offered_rate": rate,
                 "share_of_drain_rate": share,
                 "p50_ms": latency["p50_ms"],
                 "p99_ms": latency["p99_ms"],
+                "in_worker_page_produced_p99_ms": produced.get("p99_ms"),
                 "kept_up": kept_up,
             }
         )
         progress(
             f"  insession @ {rate:,.0f}/s ({share:.0%} of its drain rate, fresh topics "
             f"and worker): p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms"
-            f"{'' if kept_up else ' (falls behind)'}"
+            f"{'' if kept_up else ' (falls behind)'}; in-worker page produced p99 "
+            f"{produced.get('p99_ms', float('nan')):.1f} ms"
         )
         best = out.get("at_sustained_rate")
         if kept_up and (best is None or rate > best["offered_rate"]):

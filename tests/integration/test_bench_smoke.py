@@ -54,6 +54,8 @@ def test_quick_bench_reports_every_measurement(bootstrap: str, redis_url: str) -
     # then once between that share and the one above it (when there is one).
     attempts = result["insession"]["sustained_attempts"]
     kept = [a["kept_up"] for a in attempts]
+    for attempt in attempts:  # the worker's own part is reported beside end to end
+        assert attempt["in_worker_page_produced_p99_ms"] > 0, attempt
     first_kept = kept.index(True) if True in kept else len(kept)
     assert attempts and kept[:first_kept] == [False] * first_kept
     if 0 < first_kept < len(kept):
