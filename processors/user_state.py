@@ -447,6 +447,11 @@ class FloatMap(_ArrayMap):
     def values(self) -> list[float]:  # type: ignore[override]
         return memoryview(self._values).cast("d").tolist()
 
+    def packed_values(self) -> bytes:
+        """The values as float64s in machine order, in key order: what compiled code reads
+        (``processors.features.write_session_row``) without a list of floats built."""
+        return self._values
+
 
 def _feature_row(features: Sequence[float]) -> array[float]:
     """A feature vector in 4 or 8 bytes a value instead of a list of float objects (~32).
