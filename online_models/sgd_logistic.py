@@ -63,6 +63,8 @@ class ScaledSGDLogistic:
         "_counts",
         "_learned",
         "_means",
+        "_prior",
+        "_prior_logit",
         "_scaled",
         "_variances",
         "_weights",
@@ -88,6 +90,9 @@ class ScaledSGDLogistic:
         self._weights = np.zeros(n_features)
         self._scaled = np.zeros(n_features)  # scratch of a learn step
         self._learned = False
+        #: A fresh model's probability and the logit it is of (`predict_proba`).
+        self._prior_logit = math.nan
+        self._prior = math.nan
         #: SGD steps taken (River's ``optimizer.n_iterations``).
         self.steps = 0
 
@@ -161,7 +166,13 @@ class ScaledSGDLogistic:
     def predict_proba(self, x: Sequence[float]) -> float:
         """Probability of a positive label (River's clamped sigmoid of `logit`)."""
         if not self._learned:
-            return _sigmoid(0.0 + self.intercept)
+            # The intercept's sigmoid, kept while the intercept stays: the churn check asks a
+            # model that has no label yet on every event, and a kernel call cost ~2k
+            # instructions. (A NaN intercept is never equal to itself: recomputed, as before.)
+            logit = 0.0 + self.intercept
+            if logit != self._prior_logit:
+                self._prior_logit, self._prior = logit, _sigmoid(logit)
+            return self._prior
         # `_sigmoid(self.logit(x))` in one kernel call (the churn check's, every event)
         return _proba(_row(x), self._means, self._variances, self._weights, self.intercept, _HALF)
 

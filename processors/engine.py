@@ -7,7 +7,6 @@ here reads a clock: ``now`` is passed in (wall-clock ms live, event time in repl
 
 from __future__ import annotations
 
-import struct
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -19,7 +18,7 @@ from processors.attribution import ArmMetrics
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import ArmAssigner
-from processors.features import SESSION_FEATURE_NAMES, session_features
+from processors.features import SESSION_FEATURE_NAMES, write_session_row
 from processors.ids import stable_id
 from processors.page_builder import PageBuilder, ServedFeatures, session_key
 from processors.ports import (
@@ -57,9 +56,6 @@ _POSITIVE_TYPES = frozenset({"click", "play"})
 _LABEL_TYPES = _POSITIVE_TYPES | {"scroll_past"}
 _LABEL_TYPES_ALL = _LABEL_TYPES | {"impression"}
 _EARLIEST_TS = 946_684_800_000  # 2000-01-01: older timestamps are clock or unit errors
-#: Writes a session feature vector into the churn check's float64 row: ``np.array`` of the
-#: list cost twice as much (it works out the dtype and shape from the values every time).
-_pack_churn_row = struct.Struct(f"{len(SESSION_FEATURE_NAMES)}d").pack_into
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,9 +561,8 @@ class Engine:
             state.churn_risk = 0.0
             return None
         config = self.config
-        vector = session_features(state, event.ts, config)
         row = self._churn_row  # one float64 row for the snapshot's encoder and the model
-        _pack_churn_row(row, 0, *vector)
+        write_session_row(row, state, event.ts, config)
         state.add_churn_snapshot(row, config.churn_snapshots)
         churn = self.models.churn
         risk = churn.predict_proba_vector(row)
@@ -579,7 +574,7 @@ class Engine:
         if risk < config.churn_threshold or churn.n_learned < config.churn_min_labels:
             return None
         state.churn_alerted = True
-        named = dict(zip(SESSION_FEATURE_NAMES, vector, strict=True))
+        named = dict(zip(SESSION_FEATURE_NAMES, row.tolist(), strict=True))
         reasons = tuple(name for name, weight in churn.contributions(named)[:3] if weight > 0)
         self.counters["churn_alerts"] += 1
         return ChurnAlert(

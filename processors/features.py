@@ -34,6 +34,7 @@ __all__ = [
     "rank_features",
     "ranking_context",
     "session_features",
+    "write_session_row",
 ]
 
 SESSION_FEATURE_NAMES: tuple[str, ...] = (
@@ -126,6 +127,107 @@ def session_features(state: UserState, now: int, config: EngineConfig) -> list[f
         hour_cos,
         1.0 if state.sessions_total > 0 else 0.0,
     ]
+
+
+def write_session_row(row: np.ndarray, state: UserState, now: int, config: EngineConfig) -> None:
+    """`session_features` written into ``row`` (float64, one value a feature) by one compiled
+    pass, `_session_row`: the churn check's path, every event of a session without a play.
+
+    The list of 19 floats, its nine ``math.log1p`` calls and the genre focus's loop cost more
+    in Python calls than in arithmetic, and the list was then packed into the float64 row the
+    snapshot and the model read (~15k instructions a check; this is ~6k). The kernel does the
+    same IEEE operations in the same order (numba's ``log1p`` is the C library's, as
+    ``math.log1p`` is; integers become floats where Python's true division makes them so).
+    """
+    counts = state.type_counts
+    affinity = state.genre_affinity
+    packed = affinity.packed_values()
+    elapsed = now - state.affinity_ts
+    # (`decay_factor` is computed in Python, as `_genre_focus` does: only when it is used)
+    factor = decay_factor(elapsed, config.genre_half_life_ms) if packed and elapsed > 0 else 1.0
+    device = state.device
+    flags = _DEVICE_FLAGS.get(device)
+    is_mobile, is_tv = flags if flags is not None else _device_flags(device)
+    waves = _HOUR_WAVES.get(state.local_hour)
+    hour_sin, hour_cos = waves if waves is not None else _hour_waves(state.local_hour)
+    _session_row(
+        row,
+        state.session_events,
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        counts[5],
+        counts[7],
+        state.hover_dwell_ms,
+        state.scroll_streak,
+        state.last_ts - state.session_start,
+        state.progress_sum,
+        state.progress_n,
+        packed,
+        factor,
+        is_mobile,
+        is_tv,
+        hour_sin,
+        hour_cos,
+        state.sessions_total > 0,
+    )
+
+
+@kernel
+def _session_row(
+    row: np.ndarray,
+    events: int,
+    impressions: int,
+    hovers: int,
+    clicks: int,
+    scrolls: int,
+    pauses: int,
+    drop_offs: int,
+    hover_dwell_ms: int,
+    scroll_streak: int,
+    age_ms: int,
+    progress_sum: float,
+    progress_n: int,
+    affinity: bytes,
+    factor: float,
+    is_mobile: float,
+    is_tv: float,
+    hour_sin: float,
+    hour_cos: float,
+    returning: bool,
+) -> None:  # pragma: no cover - compiled (tests compare it with `session_features`)
+    """`session_features`' expressions, in its order, into ``row``; ``affinity`` is the genre
+    affinity's float64 values as bytes, ``factor`` their decay (`_genre_focus`)."""
+    age_min = (age_ms if age_ms > 0 else 0) / 60_000.0
+    speed = events / (0.5 if age_min < 0.5 else age_min)
+    top = total = 0.0
+    for weight in np.frombuffer(affinity, dtype=np.float64):
+        if factor != 1.0:
+            weight *= factor
+        if weight > 0:
+            total += weight
+            if weight > top:
+                top = weight
+    row[0] = math.log1p(events)
+    row[1] = math.log1p(impressions)
+    row[2] = math.log1p(hovers)
+    row[3] = math.log1p(clicks)
+    row[4] = math.log1p(scrolls)
+    row[5] = math.log1p(pauses)
+    row[6] = math.log1p(drop_offs)
+    row[7] = (hover_dwell_ms / hovers / 1000.0) if hovers else 0.0
+    row[8] = math.log1p(scroll_streak)
+    row[9] = math.log1p(speed)
+    row[10] = math.log1p(age_min)
+    row[11] = clicks / (impressions + 1.0)
+    row[12] = progress_sum / progress_n if progress_n else 0.0
+    row[13] = top / total if total else 0.0
+    row[14] = is_mobile
+    row[15] = is_tv
+    row[16] = hour_sin
+    row[17] = hour_cos
+    row[18] = 1.0 if returning else 0.0
 
 
 def _genre_focus(state: UserState, now: int, half_life_ms: int) -> float:

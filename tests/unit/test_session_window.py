@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import orjson
 import pytest
 
 from processors.config import EngineConfig
-from processors.features import SESSION_FEATURE_NAMES, session_features
+from processors.features import SESSION_FEATURE_NAMES, session_features, write_session_row
 from processors.session_window import decayed_affinity, update_window
 from processors.user_state import FloatMap, UserState
 from schemas.messages import BehaviourEvent, CatalogItem
@@ -182,3 +183,33 @@ def test_genre_focus_reads_the_decayed_affinity() -> None:
         positive = [weight for weight in decayed.values() if weight > 0]
         expected = max(positive) / sum(positive) if positive else 0.0
         assert _genre_focus(state, now, CONFIG.genre_half_life_ms) == expected
+
+
+def _bits(values: list[float]) -> list[tuple[int, ...]]:
+    """Each value's IEEE bits (``==`` would take -0.0 for 0.0 and never match NaN)."""
+    return [tuple(memoryview(np.array([value])).cast("B")) for value in values]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_compiled_session_row_is_session_features_bit_for_bit(seed: int) -> None:
+    """`write_session_row` (the churn check's compiled path) writes exactly the values of
+    `session_features`: random windows, decayed and undecayed affinities (negative, zero and
+    subnormal weights too), empty sessions, clock skew, unknown devices and hours."""
+    rng = random.Random(seed)
+    state = _state()
+    state.session_events = rng.choice([0, 1, 7, 250, 10**6])
+    state.type_counts = [rng.choice([0, 1, 3, 40, 999]) for _ in state.type_counts]
+    state.hover_dwell_ms = rng.choice([0, 1, 1234, 10**9 + 7])
+    state.scroll_streak = rng.randrange(30)
+    state.last_ts = T0 + rng.choice([-5_000, 0, 29_999, 30_000, 61_234, 10**8])
+    state.progress_sum, state.progress_n = rng.choice([(0.0, 0), (0.3, 1), (2.71, 7)])
+    state.device = rng.choice([None, "ios", "TV", "desktop", "fridge-9000"])
+    state.local_hour = rng.choice([0, 7, 23, 24, -1, 99])
+    state.sessions_total = rng.choice([0, 1, 5])
+    state.affinity_ts = T0
+    for genre in rng.sample(["horror", "comedy", "drama", "anime", "scifi"], rng.randrange(6)):
+        state.genre_affinity[genre] = rng.choice([-1.0, 0.0, 5e-324, 0.25, rng.uniform(-2, 9)])
+    now = T0 + rng.choice([0, 0, 1, 3_600_000, 10**9])
+    row = np.full(len(SESSION_FEATURE_NAMES), np.nan)
+    write_session_row(row, state, now, CONFIG)
+    assert _bits(row.tolist()) == _bits(session_features(state, now, CONFIG))

@@ -193,3 +193,29 @@ def test_rivers_pipeline_order_is_the_one_mirrored(caplog: pytest.LogCaptureFixt
         "StandardScaler.transform_one",
         "LogisticRegression.predict_proba_one",
     ]
+
+
+def test_a_fresh_models_kept_probability_follows_its_intercept() -> None:
+    """Before its first label a model answers its intercept's sigmoid, kept between calls
+    (the churn check's): a changed or restored intercept is answered anew, NaN included."""
+    from online_models.sgd_logistic import _sigmoid
+
+    model = ScaledSGDLogistic(3, lr=0.1, l2=0.0, intercept=0.25, intercept_lr=0.1)
+    row = [1.0, 2.0, 3.0]
+    assert model.predict_proba(row) == model.predict_proba(row) == _sigmoid(0.25)
+    for intercept in (-40.0, 0.0, -0.0, 3.5, math.nan, math.nan, 0.25):
+        model.intercept = intercept
+        expected = _sigmoid(0.0 + intercept)
+        got = model.predict_proba(row)
+        assert got == expected or (math.isnan(got) and math.isnan(expected))
+    model.restore(
+        counts=[0, 0, 0],
+        means=[0.0] * 3,
+        variances=[0.0] * 3,
+        weights=None,
+        intercept=-1.5,
+        steps=0,
+    )
+    assert model.predict_proba(row) == _sigmoid(-1.5)
+    model.learn(row, True)
+    assert model.predict_proba(row) == _sigmoid(model.logit(row))  # learned: the row's own
