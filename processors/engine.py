@@ -18,7 +18,7 @@ from processors.attribution import ArmMetrics
 from processors.catalog import Catalog
 from processors.config import EngineConfig
 from processors.experiments import ArmAssigner
-from processors.features import SESSION_FEATURE_NAMES, write_session_row
+from processors.features import SESSION_FEATURE_NAMES, write_session_snapshot
 from processors.ids import stable_id
 from processors.page_builder import PageBuilder, ServedFeatures, session_key
 from processors.ports import (
@@ -148,6 +148,9 @@ class Engine:
         #: The churn check's row, rewritten for each check (the snapshot and the model read
         #: it during the check and keep nothing of it).
         self._churn_row = np.zeros(len(SESSION_FEATURE_NAMES))
+        #: The churn check's snapshot records are written here, then copied to the state
+        #: (grown when a session's records need more).
+        self._churn_scratch = bytearray(1024)
 
     # -- entry points ------------------------------------------------------------------
 
@@ -562,8 +565,7 @@ class Engine:
             return None
         config = self.config
         row = self._churn_row  # one float64 row for the snapshot's encoder and the model
-        write_session_row(row, state, event.ts, config)
-        state.add_churn_snapshot(row, config.churn_snapshots)
+        write_session_snapshot(row, state, event.ts, config, self._churn_scratch)
         churn = self.models.churn
         risk = churn.predict_proba_vector(row)
         state.churn_risk = risk

@@ -18,7 +18,7 @@ from processors.compiled import kernel
 from processors.config import EngineConfig
 from processors.session_window import decay_factor, decayed_affinity
 from processors.taste import NO_EVIDENCE
-from processors.user_state import UserState
+from processors.user_state import UserState, append_row
 from schemas.messages import CatalogItem
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "rank_features",
     "ranking_context",
     "session_features",
-    "write_session_row",
+    "write_session_snapshot",
 ]
 
 SESSION_FEATURE_NAMES: tuple[str, ...] = (
@@ -129,16 +129,26 @@ def session_features(state: UserState, now: int, config: EngineConfig) -> list[f
     ]
 
 
-def write_session_row(row: np.ndarray, state: UserState, now: int, config: EngineConfig) -> None:
-    """`session_features` written into ``row`` (float64, one value a feature) by one compiled
-    pass, `_session_row`: the churn check's path, every event of a session without a play.
+def write_session_snapshot(
+    row: np.ndarray, state: UserState, now: int, config: EngineConfig, scratch: bytearray
+) -> None:
+    """`session_features` written into ``row`` (float64, one value a feature) and kept as the
+    state's churn snapshot (``state.add_churn_snapshot(row, config.churn_snapshots)``) by one
+    compiled call, `_session_snapshot`: the churn check's path, every event of a session
+    without a play.
 
     The list of 19 floats, its nine ``math.log1p`` calls and the genre focus's loop cost more
     in Python calls than in arithmetic, and the list was then packed into the float64 row the
-    snapshot and the model read (~15k instructions a check; this is ~6k). The kernel does the
+    snapshot and the model read (~15k instructions a check). The kernel does the
     same IEEE operations in the same order (numba's ``log1p`` is the C library's, as
     ``math.log1p`` is; integers become floats where Python's true division makes them so).
+    One call instead of a second for the snapshot saves its dispatch and Python wrapper (~1%
+    of the engine's instructions). ``scratch`` receives the records (grown here when short):
+    the caller's own buffer, never a module-level one, since kernels run without the GIL.
     """
+    room = state.churn_record_room(len(row))  # (the width checks of `add_churn_snapshot`)
+    if len(scratch) < room:
+        scratch.extend(bytes(room - len(scratch)))
     counts = state.type_counts
     affinity = state.genre_affinity
     packed = affinity.packed_values()
@@ -150,8 +160,11 @@ def write_session_row(row: np.ndarray, state: UserState, now: int, config: Engin
     is_mobile, is_tv = flags if flags is not None else _device_flags(device)
     waves = _HOUR_WAVES.get(state.local_hour)
     hour_sin, hour_cos = waves if waves is not None else _hour_waves(state.local_hour)
-    _session_row(
+    size = _session_snapshot(
         row,
+        state.churn_snapshots,
+        config.churn_snapshots,
+        scratch,
         state.session_events,
         counts[0],
         counts[1],
@@ -172,9 +185,63 @@ def write_session_row(row: np.ndarray, state: UserState, now: int, config: Engin
         hour_cos,
         state.sessions_total > 0,
     )
+    state.churn_snapshots = bytes(scratch[:size])
 
 
 @kernel
+def _session_snapshot(
+    row: np.ndarray,
+    snapshots: bytes,
+    limit: int,
+    out: bytearray,
+    events: int,
+    impressions: int,
+    hovers: int,
+    clicks: int,
+    scrolls: int,
+    pauses: int,
+    drop_offs: int,
+    hover_dwell_ms: int,
+    scroll_streak: int,
+    age_ms: int,
+    progress_sum: float,
+    progress_n: int,
+    affinity: bytes,
+    factor: float,
+    is_mobile: float,
+    is_tv: float,
+    hour_sin: float,
+    hour_cos: float,
+    returning: bool,
+) -> int:  # pragma: no cover - compiled (tests compare it with `session_features`)
+    """`_session_row` into ``row``, then `append_row` of it to ``snapshots`` in ``out``;
+    returns the length of the records written."""
+    _session_row(
+        row,
+        events,
+        impressions,
+        hovers,
+        clicks,
+        scrolls,
+        pauses,
+        drop_offs,
+        hover_dwell_ms,
+        scroll_streak,
+        age_ms,
+        progress_sum,
+        progress_n,
+        affinity,
+        factor,
+        is_mobile,
+        is_tv,
+        hour_sin,
+        hour_cos,
+        returning,
+    )
+    return append_row(snapshots, row, limit, out)
+
+
+@kernel(called_by_kernels_only=True)
 def _session_row(
     row: np.ndarray,
     events: int,

@@ -33,6 +33,7 @@ __all__ = [
     "PairMap",
     "PendingImpression",
     "UserState",
+    "append_row",
     "page_key",
 ]
 
@@ -814,32 +815,34 @@ class UserState:
 
         The session's first snapshot and the latest ones are kept, ``limit`` in all. Every
         snapshot of a session has the same number of values (ValueError otherwise: the
-        records are read back at the session's width). A float64 array (the engine's churn
-        check, most events) is added by one compiled pass, `_append_row`; the records are
-        the same.
+        records are read back at the session's width). (The engine's churn check adds its
+        float64 row by a compiled pass instead, `append_row` inside
+        `processors.features.write_session_snapshot`: the same records.)
         """
-        width = len(vector)
-        if width > _MAX_SNAPSHOT_WIDTH:
-            raise ValueError(f"churn snapshots of {width} values (at most {_MAX_SNAPSHOT_WIDTH})")
+        self.churn_record_room(len(vector))
         snapshots = self.churn_snapshots
-        if snapshots and width != self.churn_width:
-            raise ValueError(f"a churn snapshot of {width} values after {self.churn_width}")
-        self.churn_width = width
-        # (`is`: numpy's float64 dtype is one object; comparing dtypes with == cost ~0.9k
-        # instructions; an equal dtype that is another object takes the path below, same records)
-        if type(vector) is np.ndarray and vector.dtype is _FLOAT64 and vector.ndim == 1:
-            # (a record: at most 9 bytes a value and a header of at most 7 + 2 bytes)
-            out = bytearray(len(snapshots) + 9 * (width + 1))
-            del out[_append_row(snapshots, vector, limit, out) :]
-            self.churn_snapshots = bytes(out)
-            return
         snapshots += _encode_record(vector)
-        starts = _record_starts(snapshots, width)
+        starts = _record_starts(snapshots, self.churn_width)
         if len(starts) > max(limit, 1):
             end = starts[2] if len(starts) > 2 else len(snapshots)
             # keep the session's first view and the latest ones
             snapshots = snapshots[: starts[1]] + snapshots[end:]
         self.churn_snapshots = snapshots
+
+    def churn_record_room(self, width: int) -> int:
+        """`add_churn_snapshot`'s checks for a snapshot of ``width`` values (ValueError), its
+        width then recorded; returns the bytes `append_row` may write for it (the records kept
+        and the new one's, at most 9 bytes a value and a header of at most 7 + 2 bytes).
+
+        Split out for the engine's churn check, which writes its session row and appends its
+        record in one compiled call (`processors.features.write_session_snapshot`).
+        """
+        if width > _MAX_SNAPSHOT_WIDTH:
+            raise ValueError(f"churn snapshots of {width} values (at most {_MAX_SNAPSHOT_WIDTH})")
+        if self.churn_snapshots and width != self.churn_width:
+            raise ValueError(f"a churn snapshot of {width} values after {self.churn_width}")
+        self.churn_width = width
+        return len(self.churn_snapshots) + 9 * (width + 1)
 
     def churn_snapshot_rows(self) -> list[array[float]]:
         """The session's churn snapshots, oldest first, one float64 array each."""
@@ -1067,22 +1070,21 @@ def _encode_record(vector: Sequence[float]) -> bytes:
     )
 
 
-_FLOAT64 = np.dtype(np.float64)
 #: `_VALUE_CODES` as two arrays, the values ascending (searched by `_write_record`).
 _TABLE_VALUES = np.array(sorted(_VALUE_CODES))
 _TABLE_CODES = np.array([_VALUE_CODES[value] for value in sorted(_VALUE_CODES)], dtype=np.uint8)
 
 
-@kernel
-def _append_row(
+@kernel(called_by_kernels_only=True)
+def append_row(
     flat: bytes, row: np.ndarray, limit: int, out: bytearray
 ) -> int:  # pragma: no cover - compiled
-    """`UserState.add_churn_snapshot` of a float64 row in one compiled pass (the churn check,
-    most events): ``out`` gets the records of ``flat``, the second left out when with the
-    row's there would be more than ``limit`` (at least 1), then the row's record unless it
-    is the one left out; returns the length written (``out`` has room for ``flat`` and a
-    record of 9 bytes a value). The Python path's encoding, `_record_starts` walk and
-    slices took ~5 times as long, most of it in calls and small allocations."""
+    """`UserState.add_churn_snapshot` of a float64 row in one compiled pass (inside the churn
+    check's kernel, most events): ``out`` gets the records of ``flat``, the second left out
+    when with the row's there would be more than ``limit`` (at least 1), then the row's
+    record unless it is the one left out; returns the length written (``out`` has room for
+    ``flat`` and a record of 9 bytes a value). The Python path's encoding, `_record_starts`
+    walk and slices took ~5 times as long, most of it in calls and small allocations."""
     width = row.shape[0]
     mask_bytes = (width + 7) >> 3
     long_length = 9 * width >= 256

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from processors.config import EngineConfig
-from processors.features import SESSION_FEATURE_NAMES, session_features, write_session_row
+from processors.features import SESSION_FEATURE_NAMES, session_features, write_session_snapshot
 from processors.session_window import decayed_affinity, update_window
 from processors.user_state import FloatMap, UserState
 from schemas.messages import BehaviourEvent, CatalogItem
@@ -192,9 +192,10 @@ def _bits(values: list[float]) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_the_compiled_session_row_is_session_features_bit_for_bit(seed: int) -> None:
-    """`write_session_row` (the churn check's compiled path) writes exactly the values of
+    """`write_session_snapshot` (the churn check's compiled path) writes exactly the values of
     `session_features`: random windows, decayed and undecayed affinities (negative, zero and
-    subnormal weights too), empty sessions, clock skew, unknown devices and hours."""
+    subnormal weights too), empty sessions, clock skew, unknown devices and hours; and keeps
+    the snapshot records `add_churn_snapshot` keeps, whatever the scratch's size."""
     rng = random.Random(seed)
     state = _state()
     state.session_events = rng.choice([0, 1, 7, 250, 10**6])
@@ -210,6 +211,27 @@ def test_the_compiled_session_row_is_session_features_bit_for_bit(seed: int) -> 
     for genre in rng.sample(["horror", "comedy", "drama", "anime", "scifi"], rng.randrange(6)):
         state.genre_affinity[genre] = rng.choice([-1.0, 0.0, 5e-324, 0.25, rng.uniform(-2, 9)])
     now = T0 + rng.choice([0, 0, 1, 3_600_000, 10**9])
+    for _ in range(rng.randrange(5)):
+        state.add_churn_snapshot([rng.choice([0.0, 1.5, 0.1]) for _ in SESSION_FEATURE_NAMES], 3)
+    expected = UserState("u")  # (the snapshots `add_churn_snapshot` keeps, from the same ones)
+    expected.churn_snapshots, expected.churn_width = state.churn_snapshots, state.churn_width
     row = np.full(len(SESSION_FEATURE_NAMES), np.nan)
-    write_session_row(row, state, now, CONFIG)
+    scratch = bytearray(rng.choice([0, 10, 1024]))
+    write_session_snapshot(row, state, now, CONFIG, scratch)
     assert _bits(row.tolist()) == _bits(session_features(state, now, CONFIG))
+    expected.add_churn_snapshot(session_features(state, now, CONFIG), CONFIG.churn_snapshots)
+    assert state.churn_snapshots == expected.churn_snapshots
+    assert state.churn_width == expected.churn_width == len(SESSION_FEATURE_NAMES)
+
+
+def test_the_compiled_session_snapshot_refuses_another_width() -> None:
+    """`write_session_snapshot` keeps `add_churn_snapshot`'s check: every snapshot of a
+    session has the same width (the records are read back at it), nothing kept otherwise."""
+    state = _state()
+    state.add_churn_snapshot([1.0, 2.0], 4)
+    kept = state.churn_snapshots
+    with pytest.raises(ValueError, match="after 2"):
+        write_session_snapshot(
+            np.zeros(len(SESSION_FEATURE_NAMES)), state, T0, CONFIG, bytearray(64)
+        )
+    assert state.churn_snapshots == kept and state.churn_width == 2

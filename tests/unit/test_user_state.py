@@ -25,6 +25,7 @@ from processors.user_state import (
     PairMap,
     PendingImpression,
     UserState,
+    append_row,
     page_id,
     page_key,
 )
@@ -446,11 +447,18 @@ def test_page_variant_knows_the_recent_pages_asked_about_in_any_order() -> None:
         assert state.page_variant(asked) == expected
 
 
+def _append_array(state: UserState, row: np.ndarray, limit: int) -> None:
+    """`add_churn_snapshot` as `processors.features.write_session_snapshot` does it."""
+    out = bytearray(state.churn_record_room(len(row)))
+    state.churn_snapshots = bytes(out[: append_row(state.churn_snapshots, row, limit, out)])
+
+
 @pytest.mark.parametrize("width", [0, 1, 8, 19, 28, 29, 52])
 def test_churn_snapshots_of_float64_arrays_are_the_records_of_lists(width: int) -> None:
-    """The engine's rows (float64 arrays, appended by the compiled `_append_row`) give the
-    records lists of the same values give, at every limit: codes, float32 and float64
-    values, signs of zeros, NaN, two-byte lengths, the second record left out."""
+    """The engine's rows (float64 arrays, appended by the compiled `append_row` inside its
+    churn check's kernel) give the records lists of the same values give, at every limit:
+    codes, float32 and float64 values, signs of zeros, NaN, two-byte lengths, the second
+    record left out."""
     rng = random.Random(width)
     specials = [0.0, -0.0, 1.0, math.log1p(3), 5e-324, -1e308, math.nan, math.inf, 0.1, 2.5]
     for limit in (0, 1, 2, 4):
@@ -461,10 +469,10 @@ def test_churn_snapshots_of_float64_arrays_are_the_records_of_lists(width: int) 
                 for _ in range(width)
             ]
             from_lists.add_churn_snapshot(row, limit)
-            from_arrays.add_churn_snapshot(np.array(row), limit)
+            _append_array(from_arrays, np.array(row), limit)
             assert from_arrays.churn_snapshots == from_lists.churn_snapshots
     wide, rows = UserState("u"), []  # every value a float64: bodies past 255 bytes
     for _ in range(6):
         rows.append([rng.uniform(-3, 3) for _ in range(width)])
-        wide.add_churn_snapshot(np.array(rows[-1]), 4)
+        _append_array(wide, np.array(rows[-1]), 4)
     assert [row.tolist() for row in wide.churn_snapshot_rows()] == [rows[0], *rows[-3:]]
