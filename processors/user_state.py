@@ -450,7 +450,7 @@ class FloatMap(_ArrayMap):
 
     def packed_values(self) -> bytes:
         """The values as float64s in machine order, in key order: what compiled code reads
-        (``processors.features.write_session_row``) without a list of floats built."""
+        (``processors.features.write_session_snapshot``) without a list of floats built."""
         return self._values
 
 
