@@ -197,6 +197,8 @@ class _World:
         self.pages: dict[str, Page] = {}
         self.ts = _START_TS
         self._step = 0
+        #: Reactions made and not yet handed out in a batch (`next_batch`).
+        self._queue: list[tuple[bytes, int, bool]] = []
 
     def next_reaction(self) -> list[tuple[bytes, int, bool]]:
         """The next user's reaction to their latest page: (raw event, event time, trigger)."""
@@ -208,6 +210,15 @@ class _World:
             (encode_event(event), self.ts, event.type in triggers)
             for event in react_to_page(user, self.pages.get(user.user_id), self.catalog, self.ts)
         ]
+
+    def next_batch(self, size: int) -> list[tuple[bytes, int, bool]]:
+        """The next ``size`` events of the users' reactions, as a consumer would fetch them
+        (a reaction may be split between two batches)."""
+        queue = self._queue
+        while len(queue) < size:
+            queue.extend(self.next_reaction())
+        batch, self._queue = queue[:size], queue[size:]
+        return batch
 
 
 def _run_event_at_a_time(world: _World, warmup_events: int, events: int) -> EngineRun:
@@ -251,16 +262,13 @@ def _run_event_at_a_time(world: _World, warmup_events: int, events: int) -> Engi
 
 def _run_batched(world: _World, warmup_events: int, events: int, size: int) -> EngineRun:
     run = EngineRun(batch_events=size)
-    queue: list[tuple[bytes, int, bool]] = []
     seen = 0
     total = warmup_events + events
     clock = time.perf_counter_ns
     cpu_clock = time.thread_time_ns
     gc.collect()
     while seen < total:
-        while len(queue) < size:
-            queue.extend(world.next_reaction())
-        batch, queue = queue[:size], queue[size:]
+        batch = world.next_batch(size)
         cpu_started = cpu_clock()
         started = clock()
         served = _process_batch(world, batch)

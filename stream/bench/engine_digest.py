@@ -38,13 +38,9 @@ def engine_digest(*, events: int = 12_000, batch_events: int = 0, seed: int = 1)
     world = _World(users=500, seed=seed, config=EngineConfig())
     engine = world.engine
     digest = hashlib.sha256()
-    queue: list[tuple[bytes, int, bool]] = []
     seen = 0
     while seen < events:
-        while len(queue) < max(batch_events, 1):
-            queue.extend(world.next_reaction())
-        size = batch_events or 1
-        batch, queue = queue[:size], queue[size:]
+        batch = world.next_batch(batch_events or 1)
         seen += len(batch)
         now = batch[-1][1]
         decoded: list[BehaviourEvent | DeadLetter] = [

@@ -45,14 +45,11 @@ def replay(warmup_events: int, events: int, on_measuring: Callable[[], None]) ->
     from stream.bench.engine_alone import _collector, _process_batch, _World
 
     world = _World(users=2_000, seed=1, config=EngineConfig())
-    queue: list[tuple[bytes, int, bool]] = []
     seen = measured = 0
     with _collector(True):  # garbage collected as the worker does (see engine_alone)
         gc.collect()
         while seen < warmup_events + events:
-            while len(queue) < _BATCH_EVENTS:
-                queue.extend(world.next_reaction())
-            batch, queue = queue[:_BATCH_EVENTS], queue[_BATCH_EVENTS:]
+            batch = world.next_batch(_BATCH_EVENTS)
             if seen >= warmup_events:
                 if not measured:
                     on_measuring()

@@ -89,14 +89,11 @@ def profile_stages(
     try:
         world = _World(users=users, seed=seed, config=EngineConfig())
         size = max(batch_events, 1)
-        queue: list[tuple[bytes, int, bool]] = []
         seen = measured = total_ns = 0
         with _collector(True):  # garbage collected as the worker does (see engine_alone)
             gc.collect()
             while seen < warmup_events + events:
-                while len(queue) < size:
-                    queue.extend(world.next_reaction())
-                batch, queue = queue[:size], queue[size:]
+                batch = world.next_batch(size)
                 measuring[0] = seen >= warmup_events
                 started = time.thread_time_ns()
                 served = _process_batch(world, batch)
